@@ -1,0 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+// Registry of benchmark suites; each issue's suite adds one line here.
+import type { BenchSuite } from './suite.js';
+
+export const suites: Record<string, BenchSuite> = {};

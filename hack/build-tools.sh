@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Builds the pinned third-party tools loopsnap tests and runs against, from the Go module proxy only,
+# into ~/.cache/loopsnap/bin. A tool is skipped when its binary exists and its stamp matches the pin.
+#
+#   hack/build-tools.sh                  build every tool that is missing or stale
+#   hack/build-tools.sh etcd csi-sanity  build only these
+#   hack/build-tools.sh --regen k8s      regenerate a wrapper module's go.mod/go.sum (after a version bump)
+#
+# Wrapper modules live in hack/tools/<module>/ with committed go.mod and go.sum.
+set -euo pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TOOLS_DIR="$HACK_DIR/tools"
+# shellcheck source=tools/versions.env
+source "$TOOLS_DIR/versions.env"
+
+CACHE_DIR="${LOOPSNAP_CACHE:-$HOME/.cache/loopsnap}"
+BIN_DIR="$CACHE_DIR/bin"
+export GOTOOLCHAIN=local
+export GOMODCACHE="$CACHE_DIR/gomod"
+export GOCACHE="$CACHE_DIR/gobuild"
+export GOFLAGS="-mod=mod -buildvcs=false"
+export CGO_ENABLED=0
+mkdir -p "$BIN_DIR" "$GOMODCACHE" "$GOCACHE"
+
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kubectl csi-sanity)
+
+log() { printf '[build-tools] %s\n' "$*" >&2; }
+die() { printf '[build-tools] error: %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null || die "go is not installed (Debian: apt-get install golang-go, or the machine's Go)"
+
+module_of() {
+  case "$1" in
+    etcd) echo etcd ;;
+    kube-apiserver|kube-controller-manager|kubectl) echo k8s ;;
+    csi-sanity) echo csi-sanity ;;
+    *) die "unknown tool: $1 (known: ${ALL_TOOLS[*]})" ;;
+  esac
+}
+
+package_of() {
+  case "$1" in
+    etcd) echo . ;;
+    kube-apiserver|kube-controller-manager|kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
+    csi-sanity) echo github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
+  esac
+}
+
+version_of() {
+  case "$1" in
+    etcd) echo "$ETCD_VERSION" ;;
+    kube-apiserver|kube-controller-manager|kubectl) echo "$K8S_VERSION" ;;
+    csi-sanity) echo "$CSI_SANITY_VERSION" ;;
+  esac
+}
+
+# The stamp ties a binary to its pin and to the exact go.sum it was built from.
+stamp_of() {
+  local module; module="$(module_of "$1")"
+  printf '%s %s\n' "$(version_of "$1")" "$(sha256sum "$TOOLS_DIR/$module/go.sum" | cut -c1-16)"
+}
+
+ldflags_of() {
+  case "$1" in
+    kube-apiserver|kube-controller-manager|kubectl)
+      local v="$K8S_VERSION" minor
+      minor="$(echo "$v" | cut -d. -f2)"
+      echo "-s -w -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/component-base/version.gitTreeState=clean"
+      ;;
+    *) echo "-s -w" ;;
+  esac
+}
+
+# Generates hack/tools/k8s/go.mod: k8s.io/kubernetes requires every staging module at v0.0.0, which only
+# resolves inside its own repository, so each one is replaced by its published v0.<minor>.<patch> tag.
+regen_k8s() {
+  local dir="$TOOLS_DIR/k8s" staging upstream_mod
+  staging="v0.${K8S_VERSION#v1.}"
+  upstream_mod="$(cd /tmp && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  [ -f "$upstream_mod" ] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
+  {
+    echo "module loopsnap.dev/hack/tools/k8s"
+    echo
+    echo "go $(sed -n 's/^go \(.*\)/\1/p' "$upstream_mod")"
+    echo
+    sed -n 's/^godebug \(.*\)/godebug \1/p' "$upstream_mod"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    grep -E '^\s+k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$upstream_mod" | awk -v s="$staging" '{ printf "\t%s => %s %s\n", $1, $1, s }'
+    echo ")"
+  } > "$dir/go.mod"
+  rm -f "$dir/go.sum"
+  (cd "$dir" && go mod tidy)
+}
+
+regen_etcd() {
+  local dir="$TOOLS_DIR/etcd"
+  printf 'module loopsnap.dev/hack/tools/etcd\n\ngo 1.23\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > "$dir/go.mod"
+  rm -f "$dir/go.sum"
+  (cd "$dir" && go mod tidy)
+}
+
+regen_csi_sanity() {
+  local dir="$TOOLS_DIR/csi-sanity"
+  printf 'module loopsnap.dev/hack/tools/csi-sanity\n\ngo 1.25.0\n\nrequire github.com/kubernetes-csi/csi-test/v5 %s\n' "$CSI_SANITY_VERSION" > "$dir/go.mod"
+  rm -f "$dir/go.sum"
+  (cd "$dir" && go mod tidy)
+}
+
+regen() {
+  case "$1" in
+    k8s) regen_k8s ;;
+    etcd) regen_etcd ;;
+    csi-sanity) regen_csi_sanity ;;
+    *) die "unknown wrapper module: $1 (known: k8s etcd csi-sanity)" ;;
+  esac
+}
+
+build() {
+  local tool="$1" module pkg stamp_file want start
+  module="$(module_of "$tool")"
+  pkg="$(package_of "$tool")"
+  [ -f "$TOOLS_DIR/$module/go.mod" ] || regen "$module"
+  stamp_file="$BIN_DIR/.$tool.stamp"
+  want="$(stamp_of "$tool")"
+  if [ -x "$BIN_DIR/$tool" ] && [ "$(cat "$stamp_file" 2>/dev/null)" = "$want" ]; then
+    log "$tool $(version_of "$tool") is up to date"
+    return 0
+  fi
+  log "building $tool $(version_of "$tool")"
+  start=$(date +%s)
+  (cd "$TOOLS_DIR/$module" && go build -trimpath -ldflags "$(ldflags_of "$tool")" -o "$BIN_DIR/$tool.tmp" "$pkg")
+  mv -f "$BIN_DIR/$tool.tmp" "$BIN_DIR/$tool"
+  echo "$want" > "$stamp_file"
+  log "built $tool in $(( $(date +%s) - start ))s"
+}
+
+main() {
+  if [ "${1:-}" = "--regen" ]; then
+    shift
+    [ $# -gt 0 ] || die "--regen needs a wrapper module name"
+    for m in "$@"; do regen "$m"; done
+    exit 0
+  fi
+  if [ "${1:-}" = "--bin-dir" ]; then echo "$BIN_DIR"; exit 0; fi
+  local tools=("$@")
+  [ ${#tools[@]} -gt 0 ] || tools=("${ALL_TOOLS[@]}")
+  local start; start=$(date +%s)
+  for t in "${tools[@]}"; do build "$t"; done
+  log "all requested tools ready in $(( $(date +%s) - start ))s: $BIN_DIR"
+}
+
+main "$@"
