@@ -1,0 +1,461 @@
+// SPDX-License-Identifier: Apache-2.0
+// The FUSE server: mounts one FUSE file system, runs N data-path workers on its /dev/fuse descriptor, and
+// exposes views (one regular file each) backed by a plain file (`file`), by the engine's production volume
+// (`live`) or by a handler on this thread (`remote`). See view-protocol.ts for the shared-memory contract.
+//
+// Threading: workers serve every request they can alone (pass-through and the live fast path); the rest
+// arrive here as WorkerCalls and are answered by writing the worker's call block. This thread must never
+// block on I/O that goes through the mount (see mount/exec.ts): it would deadlock against its own workers.
+import { closeSync, existsSync, openSync, statSync, writeSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
+import type { Logger } from '../../../common/src/log.js';
+import { MountError } from '../mount/errors.js';
+import { FUSE_MAX_IO_BYTES, FUSE_REQUEST_HEADROOM_BYTES, FUSE_ROOT_ID, OUT_HEADER_BYTES } from './fuse-abi.js';
+import { encodeNotifyInvalEntry } from './fuse-codec.js';
+import {
+  abortFuseConnection,
+  closeFuseDevice,
+  fuseConnectionId,
+  mountFuse,
+  openFuseDevice,
+  unmountFuse,
+} from './fuse-mount.js';
+import { errnoOf } from './fuse-session.js';
+import {
+  CALL_RESULT,
+  CALL_STATE,
+  CALL_WORDS,
+  CTL_BUSY,
+  CTL_GATE,
+  CTL_OPENS,
+  CTL_STATE,
+  CTL_WORDS,
+  VIEW_ACTIVE,
+  VIEW_REMOVED,
+  type ViewDescriptor,
+  type WorkerCall,
+  type WorkerControl,
+  type WorkerInit,
+  type WorkerMessage,
+} from './view-protocol.js';
+
+/** Main-thread side of a `live` view: the engine work the fast path cannot do alone. */
+export interface LiveViewHandler {
+  /** Makes a production write of [offset, offset+length) safe to land in the clone file (COW done, durable). */
+  prepareWrite(offset: number, length: number): Promise<void>;
+  /** Makes [offset, offset+length) read as zeros (meta bit map granules cleared, partial blocks zeroed). */
+  discard(offset: number, length: number): Promise<void>;
+  /** Durability barrier for engine metadata (the worker has already fdatasync'd the clone file). */
+  flush(): Promise<void>;
+}
+
+/** Main-thread side of a `remote` view: every data operation. */
+export interface RemoteViewHandler {
+  read(offset: number, dst: Uint8Array): Promise<number>;
+  write(offset: number, src: Uint8Array): Promise<void>;
+  discard(offset: number, length: number): Promise<void>;
+  flush(): Promise<void>;
+}
+
+export type ViewSpec =
+  | { readonly kind: 'file'; readonly name: string; readonly path: string; readonly readOnly: boolean }
+  | {
+      readonly kind: 'live';
+      readonly name: string;
+      /** The clone file; workers pread/pwrite it directly. */
+      readonly path: string;
+      readonly sizeBytes: number;
+      readonly blockSizeBytes: number;
+      readonly granuleBlocks: number;
+      /** Bit per block: 1 = a production write needs no engine work now. Cleared (under quiesce) at a cut. */
+      readonly writeDirect: Int32Array;
+      /** Bit per granule: 0 = reads as zeros. null = every granule valid. */
+      readonly valid: Int32Array | null;
+      readonly handler: LiveViewHandler;
+    }
+  | {
+      readonly kind: 'remote';
+      readonly name: string;
+      readonly sizeBytes: number;
+      readonly blockSizeBytes: number;
+      readonly readOnly: boolean;
+      readonly handler: RemoteViewHandler;
+    };
+
+export interface FuseServerOptions {
+  readonly mountpoint: string;
+  readonly log: Logger;
+  /** Data-path worker threads (default 4; the measurements in datapath.md used 4 on 2 cores). */
+  readonly workers?: number;
+  readonly source?: string;
+  readonly entryValidSec?: number;
+  readonly attrValidSec?: number;
+  readonly parallelDirectWrites?: boolean;
+  readonly initTimeoutMs?: number;
+}
+
+interface WorkerSlot {
+  readonly index: number;
+  worker: Worker;
+  port: MessagePort;
+  readonly call: Int32Array;
+  readonly inBuf: Uint8Array;
+  readonly outBuf: Uint8Array;
+  readonly init: WorkerInit;
+  exited: boolean;
+}
+
+interface ExposedView {
+  readonly d: ViewDescriptor;
+  readonly ctl: Int32Array;
+  readonly spec: ViewSpec;
+}
+
+const VIEW_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,199}$/;
+
+export function workerScriptPath(): string {
+  const here = fileURLToPath(import.meta.url);
+  // Under vitest this module runs from TypeScript source; workers always load the compiled JS.
+  const dir = here.endsWith('.ts') ? join(dirname(here), '../../../dist/csi/src/frontend') : dirname(here);
+  return join(dir, 'fuse-worker.js');
+}
+
+export class FuseServer {
+  private readonly slots: WorkerSlot[] = [];
+  private readonly views = new Map<string, ExposedView>();
+  private readonly byNode = new Map<number, ExposedView>();
+  private nextNodeId = FUSE_ROOT_ID + 1;
+  private stopping = false;
+  private stopped = false;
+  private readonly exitWaiters: Array<() => void> = [];
+  private initWaiter: ((ok: boolean) => void) | undefined;
+  private initialized = false;
+
+  private constructor(
+    private readonly opts: FuseServerOptions,
+    private readonly fuseFd: number,
+    private readonly log: Logger,
+  ) {}
+
+  /** Mounts a new FUSE file system on `mountpoint` and starts its workers. Needs root. */
+  static async start(opts: FuseServerOptions): Promise<FuseServer> {
+    if (process.getuid?.() !== 0) throw new MountError('DP_ERR_NOT_ROOT', 'the FUSE server must run as root');
+    const script = workerScriptPath();
+    if (!existsSync(script)) {
+      throw new MountError('DP_ERR_WORKER', `worker script ${script} is missing; run npm run build`);
+    }
+    await mkdir(opts.mountpoint, { recursive: true });
+    const fd = openFuseDevice();
+    const server = new FuseServer(opts, fd, opts.log.child({ mountpoint: opts.mountpoint }));
+    try {
+      await mountFuse(fd, {
+        mountpoint: opts.mountpoint,
+        source: opts.source ?? 'loopsnap',
+        maxReadBytes: FUSE_MAX_IO_BYTES,
+      });
+    } catch (err) {
+      closeFuseDevice(fd);
+      throw err;
+    }
+    try {
+      const n = Math.max(1, opts.workers ?? 4);
+      for (let i = 0; i < n; i++) server.spawnWorker(i, script);
+      await server.waitInit(opts.initTimeoutMs ?? 10_000);
+    } catch (err) {
+      await server.stop({ force: true }).catch(() => undefined);
+      throw err;
+    }
+    server.log.info({ workers: server.slots.length }, 'Started FUSE server');
+    return server;
+  }
+
+  get mountpoint(): string {
+    return this.opts.mountpoint;
+  }
+
+  pathOf(name: string): string {
+    return join(this.opts.mountpoint, name);
+  }
+
+  viewNames(): string[] {
+    return [...this.views.keys()];
+  }
+
+  /** Exposes a view as `<mountpoint>/<name>`; returns that path. */
+  addView(spec: ViewSpec): string {
+    if (this.stopping) throw new MountError('DP_ERR_SERVER_STOPPED', 'FUSE server is stopping');
+    if (!VIEW_NAME_RE.test(spec.name))
+      throw new MountError('DP_ERR_BAD_NAME', `bad view name ${JSON.stringify(spec.name)}`);
+    if (this.views.has(spec.name)) throw new MountError('DP_ERR_VIEW_EXISTS', `view ${spec.name} is already exposed`);
+    const ctlBuf = new SharedArrayBuffer(CTL_WORDS * 4);
+    const ctl = new Int32Array(ctlBuf);
+    Atomics.store(ctl, CTL_STATE, VIEW_ACTIVE);
+    let fd = -1;
+    let sizeBytes: number;
+    if (spec.kind === 'file') {
+      fd = openSync(spec.path, spec.readOnly ? 'r' : 'r+');
+      sizeBytes = statSync(spec.path).size;
+    } else if (spec.kind === 'live') {
+      fd = openSync(spec.path, 'r+');
+      sizeBytes = spec.sizeBytes;
+    } else {
+      sizeBytes = spec.sizeBytes;
+    }
+    const blockSizeBytes = spec.kind === 'file' ? 4096 : spec.blockSizeBytes;
+    const d: ViewDescriptor = {
+      nodeId: this.nextNodeId++,
+      name: spec.name,
+      kind: spec.kind,
+      readOnly: spec.kind === 'live' ? false : spec.readOnly,
+      sizeBytes,
+      fd,
+      ctl: ctlBuf,
+      blockShift: Math.log2(blockSizeBytes),
+      granuleShift: spec.kind === 'live' ? Math.log2(spec.granuleBlocks) : 0,
+      writeDirect: spec.kind === 'live' ? (spec.writeDirect.buffer as SharedArrayBuffer) : null,
+      valid: spec.kind === 'live' && spec.valid ? (spec.valid.buffer as SharedArrayBuffer) : null,
+      mtimeSec: Math.floor(Date.now() / 1000),
+    };
+    const v: ExposedView = { d, ctl, spec };
+    this.views.set(spec.name, v);
+    this.byNode.set(d.nodeId, v);
+    for (const s of this.slots) s.port.postMessage({ t: 'add', view: d } satisfies WorkerControl);
+    this.log.info({ view: spec.name, kind: spec.kind, sizeBytes }, 'Exposed view');
+    return this.pathOf(spec.name);
+  }
+
+  /** Open handles on a view (a loop device attached to it holds one). */
+  openCount(name: string): number {
+    const v = this.views.get(name);
+    return v ? Atomics.load(v.ctl, CTL_OPENS) : 0;
+  }
+
+  /**
+   * Stops exposing a view. Refuses (DP_ERR_VIEW_BUSY) while the file is open, unless `force`. Waits for
+   * requests in flight on it, then closes its descriptor. Unknown names are not an error.
+   */
+  async removeView(name: string, opts: { force?: boolean } = {}): Promise<void> {
+    const v = this.views.get(name);
+    if (!v) return;
+    if (!opts.force && Atomics.load(v.ctl, CTL_OPENS) > 0) {
+      throw new MountError('DP_ERR_VIEW_BUSY', `view ${name} is open (detach its loop device first)`);
+    }
+    Atomics.store(v.ctl, CTL_STATE, VIEW_REMOVED);
+    this.views.delete(name);
+    await waitZero(v.ctl, CTL_BUSY);
+    this.byNode.delete(v.d.nodeId);
+    if (v.d.fd >= 0) closeSync(v.d.fd);
+    this.invalidateEntry(name);
+    this.log.info({ view: name }, 'Removed view');
+  }
+
+  /**
+   * Runs `fn` while no request is inside the view: closes its gate, waits for requests in flight (including
+   * fast-path writes that already passed their bit check), runs `fn`, reopens the gate. The cut of a snapshot
+   * of a live view runs here. `fn` must not wait for I/O on this view.
+   */
+  async quiesce<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const v = this.views.get(name);
+    if (!v) throw new MountError('DP_ERR_VIEW_NOT_FOUND', `view ${name} is not exposed`);
+    if (Atomics.compareExchange(v.ctl, CTL_GATE, 0, 1) !== 0) {
+      throw new MountError('DP_ERR_VIEW_BUSY', `view ${name} is already quiesced`);
+    }
+    try {
+      await waitZero(v.ctl, CTL_BUSY);
+      return await fn();
+    } finally {
+      Atomics.store(v.ctl, CTL_GATE, 0);
+      Atomics.notify(v.ctl, CTL_GATE);
+    }
+  }
+
+  /**
+   * Unmounts and stops the workers. Refuses while a view is open unless `force`, which detaches the mount
+   * lazily and aborts the connection (I/O on still-attached loop devices then fails with EIO).
+   */
+  async stop(opts: { force?: boolean } = {}): Promise<void> {
+    if (this.stopped) return;
+    const busy = [...this.views.values()].filter((v) => Atomics.load(v.ctl, CTL_OPENS) > 0).map((v) => v.d.name);
+    if (busy.length > 0 && !opts.force) {
+      throw new MountError('DP_ERR_VIEW_BUSY', `views still open: ${busy.join(', ')}`);
+    }
+    this.stopping = true;
+    const connection = await fuseConnectionId(this.opts.mountpoint);
+    await unmountFuse(this.opts.mountpoint, { lazy: opts.force === true });
+    if (!(await this.waitWorkersExit(5000)) && connection !== undefined) {
+      await abortFuseConnection(connection);
+      await this.waitWorkersExit(5000);
+    }
+    for (const s of this.slots) if (!s.exited) await s.worker.terminate();
+    for (const v of this.views.values()) {
+      Atomics.store(v.ctl, CTL_STATE, VIEW_REMOVED);
+      if (v.d.fd >= 0) closeSync(v.d.fd);
+    }
+    this.views.clear();
+    this.byNode.clear();
+    closeFuseDevice(this.fuseFd);
+    this.stopped = true;
+    this.log.info('Stopped FUSE server');
+  }
+
+  // ----- workers ------------------------------------------------------------------------------------------
+
+  private spawnWorker(index: number, script: string): void {
+    const channel = new MessageChannel();
+    const inBuf = new SharedArrayBuffer(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES);
+    const outBuf = new SharedArrayBuffer(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES);
+    const callBuf = new SharedArrayBuffer(CALL_WORDS * 4);
+    const init: WorkerInit = {
+      index,
+      fuseFd: this.fuseFd,
+      inBuf,
+      outBuf,
+      call: callBuf,
+      maxWrite: FUSE_MAX_IO_BYTES,
+      views: [...this.views.values()].map((v) => v.d),
+      entryValidSec: this.opts.entryValidSec ?? 1,
+      attrValidSec: this.opts.attrValidSec ?? 3600,
+      parallelDirectWrites: this.opts.parallelDirectWrites ?? true,
+    };
+    const worker = new Worker(script, {
+      workerData: { ...init, port: channel.port2 },
+      transferList: [channel.port2],
+      name: `fuse-worker-${index}`,
+    });
+    const slot: WorkerSlot = {
+      index,
+      worker,
+      port: channel.port1,
+      call: new Int32Array(callBuf),
+      inBuf: new Uint8Array(inBuf),
+      outBuf: new Uint8Array(outBuf),
+      init,
+      exited: false,
+    };
+    this.slots[index] = slot;
+    worker.on('message', (m: WorkerMessage) => this.onWorkerMessage(slot, m));
+    worker.on('error', (err) => this.log.error({ err, worker: index }, 'Data-path worker failed'));
+    worker.on('exit', (code) => {
+      slot.exited = true;
+      channel.port1.close();
+      for (const w of this.exitWaiters.splice(0)) w();
+      if (!this.stopping) {
+        this.log.error({ worker: index, code }, 'Data-path worker exited unexpectedly; restarting it');
+        this.spawnWorker(index, script);
+      }
+    });
+  }
+
+  private onWorkerMessage(slot: WorkerSlot, m: WorkerMessage): void {
+    switch (m.t) {
+      case 'ready':
+        return;
+      case 'init':
+        if (!this.initialized) {
+          this.initialized = true;
+          this.log.info({ minor: m.minor, flags: m.flags, maxWrite: m.maxWrite }, 'Completed FUSE handshake');
+          this.initWaiter?.(true);
+        }
+        return;
+      case 'exit':
+        this.log.debug({ worker: m.worker, reason: m.reason }, 'Data-path worker stopped serving');
+        return;
+      case 'log':
+        this.log[m.level]({ worker: m.worker, ...m.fields }, m.msg);
+        return;
+      default:
+        void this.answer(slot, m);
+    }
+  }
+
+  private async answer(slot: WorkerSlot, m: WorkerCall): Promise<void> {
+    let result: number;
+    try {
+      result = await this.execute(slot, m);
+    } catch (err) {
+      result = -errnoOf(err);
+      this.log.warn({ err, call: m.t, nodeId: m.nodeId }, 'Failed data-path call');
+    }
+    Atomics.store(slot.call, CALL_RESULT, result);
+    Atomics.store(slot.call, CALL_STATE, 1);
+    Atomics.notify(slot.call, CALL_STATE);
+  }
+
+  private async execute(slot: WorkerSlot, m: WorkerCall): Promise<number> {
+    const v = this.byNode.get(m.nodeId);
+    if (!v) return -2; // ENOENT
+    const spec = v.spec;
+    if (spec.kind === 'file') return -95; // EOPNOTSUPP: file views never call
+    switch (m.t) {
+      case 'prepare':
+        if (spec.kind !== 'live') return -22;
+        await spec.handler.prepareWrite(m.offset, m.length);
+        return 0;
+      case 'read': {
+        if (spec.kind !== 'remote') return -22;
+        const dst = slot.outBuf.subarray(OUT_HEADER_BYTES, OUT_HEADER_BYTES + m.length);
+        return await spec.handler.read(m.offset, dst);
+      }
+      case 'write':
+        if (spec.kind !== 'remote') return -22;
+        await spec.handler.write(m.offset, slot.inBuf.subarray(m.dataOffset, m.dataOffset + m.length));
+        return 0;
+      case 'discard':
+        await spec.handler.discard(m.offset, m.length);
+        return 0;
+      case 'flush':
+        await spec.handler.flush();
+        return 0;
+    }
+  }
+
+  private waitInit(timeoutMs: number): Promise<void> {
+    if (this.initialized) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.initWaiter = undefined;
+        reject(new MountError('DP_ERR_FUSE_INIT', `no FUSE INIT within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.initWaiter = () => {
+        clearTimeout(timer);
+        this.initWaiter = undefined;
+        resolve();
+      };
+    });
+  }
+
+  private async waitWorkersExit(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.slots.some((s) => !s.exited)) {
+      const left = deadline - Date.now();
+      if (left <= 0) return false;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.exitWaiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    return true;
+  }
+
+  private invalidateEntry(name: string): void {
+    try {
+      const msg = encodeNotifyInvalEntry(FUSE_ROOT_ID, name);
+      writeSync(this.fuseFd, msg, 0, msg.byteLength);
+    } catch {
+      // ENOENT: the kernel had no cached entry.
+    }
+  }
+}
+
+/** Resolves once ctl[index] is 0 (polls; the main thread cannot Atomics.wait without stalling the loop). */
+async function waitZero(ctl: Int32Array, index: number): Promise<void> {
+  for (let i = 0; Atomics.load(ctl, index) !== 0; i++) {
+    await new Promise<void>((resolve) => (i < 50 ? setImmediate(resolve) : setTimeout(resolve, 1)));
+  }
+}

@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: Apache-2.0
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  Errno,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FUSE_MAX_IO_BYTES,
+  FUSE_REQUEST_HEADROOM_BYTES,
+  InitFlag,
+  Opcode,
+  OUT_HEADER_BYTES,
+} from './fuse-abi.js';
+import { frame, frames } from './fuse-frames.testing.js';
+import { FuseSession } from './fuse-session.js';
+import { createSharedBitmap, fillBits } from './shared-bitmap.js';
+import { CTL_OPENS, CTL_STATE, CTL_WORDS, VIEW_ACTIVE, type ViewDescriptor, type WorkerCall } from './view-protocol.js';
+
+interface Reply {
+  readonly unique: bigint;
+  readonly error: number;
+  readonly body: Uint8Array;
+}
+
+/** A session over in-memory "files" and a recording /dev/fuse. */
+function harness() {
+  const files = new Map<number, Uint8Array>();
+  const replies: Reply[] = [];
+  const calls: WorkerCall[] = [];
+  const inBuf = new Uint8Array(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES);
+  const outBuf = new Uint8Array(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES);
+  let callResult = 0;
+  const session = new FuseSession({
+    index: 0,
+    dev: {
+      read: () => -Errno.ENODEV,
+      write(buf, length) {
+        const dv = new DataView(buf.buffer, buf.byteOffset, length);
+        expect(dv.getUint32(0, true)).toBe(length);
+        replies.push({ unique: dv.getBigUint64(8, true), error: dv.getInt32(4, true), body: buf.slice(16, length) });
+        return 0;
+      },
+    },
+    file: {
+      pread(fd, buf, offset, length, position) {
+        const f = files.get(fd) as Uint8Array;
+        const n = Math.max(0, Math.min(length, f.length - position));
+        buf.set(f.subarray(position, position + n), offset);
+        return n;
+      },
+      pwrite(fd, buf, offset, length, position) {
+        (files.get(fd) as Uint8Array).set(buf.subarray(offset, offset + length), position);
+        return length;
+      },
+      fdatasync: () => undefined,
+    },
+    call(msg) {
+      calls.push(msg);
+      return callResult;
+    },
+    control: () => undefined,
+    emit: () => undefined,
+    inBuf,
+    outBuf,
+    maxWrite: FUSE_MAX_IO_BYTES,
+    timeouts: { entryValidSec: 1, attrValidSec: 60 },
+    parallelDirectWrites: true,
+  });
+  const send = (f: Uint8Array): Reply | undefined => {
+    const before = replies.length;
+    inBuf.set(f);
+    session.handleFrame(f.length);
+    expect(replies.length - before).toBeLessThanOrEqual(1);
+    return replies.length > before ? replies.at(-1) : undefined;
+  };
+  const view = (d: Partial<ViewDescriptor> & { nodeId: number; name: string }, data?: Uint8Array): Int32Array => {
+    const ctl = new SharedArrayBuffer(CTL_WORDS * 4);
+    Atomics.store(new Int32Array(ctl), CTL_STATE, VIEW_ACTIVE);
+    const fd = 100 + d.nodeId;
+    if (data) files.set(fd, data);
+    session.addView({
+      kind: 'file',
+      readOnly: false,
+      sizeBytes: data?.length ?? 1 << 20,
+      fd,
+      ctl,
+      blockShift: 12,
+      granuleShift: 0,
+      writeDirect: null,
+      valid: null,
+      mtimeSec: 0,
+      ...d,
+    });
+    return new Int32Array(ctl);
+  };
+  return {
+    session,
+    send,
+    view,
+    files,
+    calls,
+    replies,
+    setCallResult: (r: number) => {
+      callResult = r;
+    },
+  };
+}
+
+describe('FuseSession', () => {
+  it('1-1 INIT answers major 7, our minor, and only flags the kernel offered', () => {
+    const t = harness();
+    const r = t.send(frames.init(2, InitFlag.ASYNC_READ | InitFlag.MAX_PAGES | (1 << 9)));
+    expect(r?.error).toBe(0);
+    const dv = new DataView(r?.body.buffer as ArrayBuffer);
+    expect(dv.getUint32(0, true)).toBe(7);
+    expect(dv.getUint32(4, true)).toBe(31);
+    expect(dv.getUint32(12, true)).toBe(InitFlag.ASYNC_READ | InitFlag.MAX_PAGES);
+    expect(dv.getUint32(20, true)).toBe(FUSE_MAX_IO_BYTES);
+    expect(t.session.initialized).toBe(true);
+  });
+
+  it('1-2 LOOKUP finds exposed views by name; unknown names get ENOENT', () => {
+    const t = harness();
+    t.view({ nodeId: 7, name: 'vol-a' });
+    const r = t.send(frames.lookup(4, 'vol-a'));
+    expect(r?.error).toBe(0);
+    expect(new DataView(r?.body.buffer as ArrayBuffer).getBigUint64(0, true)).toBe(7n);
+    expect(t.send(frames.lookup(6, 'vol-b'))?.error).toBe(-Errno.ENOENT);
+  });
+
+  it('1-3 file view: WRITE then READ round-trips bytes; READ past the end is short', () => {
+    const t = harness();
+    t.view({ nodeId: 2, name: 'v' }, new Uint8Array(16384));
+    const data = Uint8Array.from({ length: 5000 }, (_, i) => (i * 7) & 0xff);
+    expect(t.send(frames.write(2, 2, 1000, data))?.error).toBe(0);
+    const r = t.send(frames.read(4, 2, 1000, 5000));
+    expect(Buffer.from(r?.body ?? []).equals(Buffer.from(data))).toBe(true);
+    expect(t.send(frames.read(6, 2, 16384 - 10, 4096))?.body.length).toBe(10);
+    expect(t.send(frames.read(8, 2, 1 << 30, 4096))?.body.length).toBe(0);
+    expect(t.send(frames.write(10, 2, 16384 - 10, new Uint8Array(20)))?.error).toBe(-Errno.ENOSPC);
+  });
+
+  it('1-4 read-only view: OPEN for write and WRITE answer EROFS, OPEN read-only counts a handle', () => {
+    const t = harness();
+    const ctl = t.view({ nodeId: 3, name: 'snap', readOnly: true }, new Uint8Array(8192));
+    expect(t.send(frames.open(2, 3, 2))?.error).toBe(-Errno.EROFS);
+    expect(t.send(frames.write(4, 3, 0, new Uint8Array(10)))?.error).toBe(-Errno.EROFS);
+    expect(t.send(frames.open(6, 3, 0))?.error).toBe(0);
+    expect(Atomics.load(ctl, CTL_OPENS)).toBe(1);
+    t.send(frames.release(8, 3));
+    expect(Atomics.load(ctl, CTL_OPENS)).toBe(0);
+  });
+
+  it('1-5 live view: writes to blocks without the direct bit call prepare first; direct blocks do not', () => {
+    const t = harness();
+    const writeDirect = createSharedBitmap(16);
+    t.view(
+      { nodeId: 4, name: 'live', kind: 'live', writeDirect: writeDirect.buffer as SharedArrayBuffer },
+      new Uint8Array(16 * 4096),
+    );
+    fillBits(writeDirect, 0, 3, true);
+    expect(t.send(frames.write(2, 4, 0, new Uint8Array(4 * 4096).fill(1)))?.error).toBe(0);
+    expect(t.calls).toHaveLength(0);
+    expect(t.send(frames.write(4, 4, 3 * 4096 + 100, new Uint8Array(4096).fill(2)))?.error).toBe(0);
+    expect(t.calls).toEqual([{ t: 'prepare', worker: 0, nodeId: 4, offset: 3 * 4096 + 100, length: 4096 }]);
+    t.setCallResult(-Errno.EIO);
+    expect(t.send(frames.write(6, 4, 8 * 4096, new Uint8Array(10)))?.error).toBe(-Errno.EIO);
+    expect((t.files.get(104) as Uint8Array)[8 * 4096]).toBe(0); // refused write left the file alone
+  });
+
+  it('1-6 live view: granules whose valid bit is clear read as zeros', () => {
+    const t = harness();
+    const valid = createSharedBitmap(8);
+    const data = new Uint8Array(8 * 4096).fill(0xaa);
+    t.view({ nodeId: 5, name: 'live', kind: 'live', valid: valid.buffer as SharedArrayBuffer, granuleShift: 1 }, data);
+    fillBits(valid, 0, 0, true); // granule 0 = blocks 0-1
+    fillBits(valid, 2, 2, true); // granule 2 = blocks 4-5
+    const r = t.send(frames.read(2, 5, 4096, 5 * 4096));
+    const body = r?.body ?? new Uint8Array();
+    expect(body.length).toBe(5 * 4096);
+    expect(body.subarray(0, 4096).every((b) => b === 0xaa)).toBe(true); // block 1
+    expect(body.subarray(4096, 3 * 4096).every((b) => b === 0)).toBe(true); // blocks 2-3
+    expect(body.subarray(3 * 4096).every((b) => b === 0xaa)).toBe(true); // blocks 4-5
+  });
+
+  it('1-7 FALLOCATE: punch on a live view calls discard; on a file view EOPNOTSUPP; preallocate is a no-op', () => {
+    const t = harness();
+    t.view({ nodeId: 6, name: 'live', kind: 'live' }, new Uint8Array(8192));
+    t.view({ nodeId: 7, name: 'file' }, new Uint8Array(8192));
+    const punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    expect(t.send(frames.fallocate(2, 6, 0, 1 << 20, punch))?.error).toBe(0);
+    expect(t.calls).toEqual([{ t: 'discard', worker: 0, nodeId: 6, offset: 0, length: 8192, mode: punch }]);
+    expect(t.send(frames.fallocate(4, 7, 0, 4096, punch))?.error).toBe(-Errno.EOPNOTSUPP);
+    expect(t.send(frames.fallocate(6, 7, 0, 4096, 0))?.error).toBe(0);
+    expect(t.send(frames.fallocate(8, 6, 0, 4096, 0x40))?.error).toBe(-Errno.EOPNOTSUPP);
+  });
+
+  it('1-8 unknown opcodes get ENOSYS, FORGET and INTERRUPT get no reply, removed views ENOENT', () => {
+    const t = harness();
+    const ctl = t.view({ nodeId: 8, name: 'v' }, new Uint8Array(4096));
+    expect(t.send(frame({ opcode: 12345, unique: 2 }))?.error).toBe(-Errno.ENOSYS);
+    expect(t.send(frame({ opcode: Opcode.LOOKUP + 20, unique: 4 }))?.error).toBe(-Errno.ENOSYS);
+    expect(t.send(frames.forget(6, 8))).toBeUndefined();
+    expect(t.send(frames.interrupt(8, 2))).toBeUndefined();
+    Atomics.store(ctl, CTL_STATE, 2);
+    expect(t.send(frames.read(10, 8, 0, 10))?.error).toBe(-Errno.ENOENT);
+  });
+
+  it('2-1 fuzz: random and mutated frames never throw; each answerable frame gets exactly one reply', () => {
+    const t = harness();
+    t.view({ nodeId: 2, name: 'v' }, new Uint8Array(64 * 1024));
+    const seeds = [
+      frames.read(0, 2, 0, 4096),
+      frames.write(0, 2, 100, new Uint8Array(300)),
+      frames.lookup(0, 'v'),
+      frames.fallocate(0, 2, 0, 4096, 3),
+      frames.getattr(0, 2),
+      frames.open(0, 2, 2),
+      frames.statfs(0),
+      frames.init(0),
+    ];
+    fc.assert(
+      fc.property(
+        fc.constantFrom(...seeds),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 8 }),
+        fc.nat(),
+        fc.integer({ min: 1, max: 2 ** 31 }),
+        (seed, flips, cut, unique) => {
+          const f = seed.slice(0, Math.max(40, seed.length - (cut % 16)));
+          for (const [pos, val] of flips) if (pos % f.length >= 4) f[pos % f.length] = val;
+          const dv = new DataView(f.buffer);
+          dv.setUint32(0, f.length, true);
+          dv.setBigUint64(8, BigInt(unique), true);
+          const opcode = dv.getUint32(4, true);
+          const r = t.send(f);
+          const silent = opcode === Opcode.FORGET || opcode === Opcode.INTERRUPT || opcode === Opcode.BATCH_FORGET;
+          if (silent && r === undefined) return;
+          expect(r?.unique).toBe(BigInt(unique));
+          expect(r?.error ?? 1).toBeLessThanOrEqual(0);
+        },
+      ),
+      { numRuns: 3000 },
+    );
+    expect(t.session.stats.requests).toBeGreaterThan(0);
+  });
+
+  it('2-2 a reply body never exceeds the reply buffer; READ sizes are capped', () => {
+    const t = harness();
+    t.view({ nodeId: 2, name: 'v' }, new Uint8Array(3 << 20));
+    const r = t.send(frames.read(2, 2, 0, 0xffffffff));
+    expect(r?.body.length).toBe(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES - OUT_HEADER_BYTES);
+  });
+});

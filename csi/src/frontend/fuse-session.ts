@@ -1,0 +1,555 @@
+// SPDX-License-Identifier: Apache-2.0
+// One data-path worker's FUSE request loop: read a request from /dev/fuse, serve it, write the reply.
+// Everything here is synchronous (blocking syscalls in a worker thread); the only way out of the worker is a
+// blocking call into the main thread for the slow path (see view-protocol.ts).
+//
+// The file system has one directory (the root, node 1) holding one regular file per exposed view. Node ids
+// are handed out by the main thread and never reused; the file handle is the node id.
+import {
+  DT_DIR,
+  DT_REG,
+  Errno,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  FATTR_SIZE,
+  FOPEN_PARALLEL_DIRECT_WRITES,
+  FUSE_KERNEL_VERSION,
+  FUSE_MAX_PAGES,
+  FUSE_OUR_MINOR_VERSION,
+  FUSE_ROOT_ID,
+  InitFlag,
+  O_ACCMODE,
+  O_RDONLY,
+  OUT_HEADER_BYTES,
+  S_IFDIR,
+  S_IFREG,
+} from './fuse-abi.js';
+import {
+  type Attr,
+  type CacheTimeouts,
+  type DirEntry,
+  encodeAttrOut,
+  encodeDirents,
+  encodeEntryOut,
+  encodeInitOut,
+  encodeOpenOut,
+  encodeOutHeader,
+  encodeStatfsOut,
+  encodeWriteOut,
+  type FuseRequest,
+  parseRequest,
+  type RequestHeader,
+} from './fuse-codec.js';
+import { allSet } from './shared-bitmap.js';
+import {
+  CTL_BUSY,
+  CTL_GATE,
+  CTL_OPENS,
+  CTL_STATE,
+  VIEW_ACTIVE,
+  type ViewDescriptor,
+  type WorkerCall,
+  type WorkerControl,
+  type WorkerEvent,
+} from './view-protocol.js';
+
+/** The /dev/fuse descriptor as the session sees it. Errors are returned as negative errno values. */
+export interface FuseDeviceIo {
+  read(buf: Uint8Array): number;
+  write(buf: Uint8Array, length: number): number;
+}
+
+/** Positional file I/O on view descriptors (throws Node errors carrying `errno`). */
+export interface FileIo {
+  pread(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  pwrite(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  fdatasync(fd: number): void;
+}
+
+export interface SessionDeps {
+  readonly index: number;
+  readonly dev: FuseDeviceIo;
+  readonly file: FileIo;
+  /** Blocking call into the main thread; returns >= 0 or a negative errno. */
+  call(msg: WorkerCall): number;
+  /** Next pending control message, if any (non-blocking). */
+  control(): WorkerControl | undefined;
+  emit(ev: WorkerEvent): void;
+  readonly inBuf: Uint8Array;
+  readonly outBuf: Uint8Array;
+  readonly maxWrite: number;
+  readonly timeouts: CacheTimeouts;
+  readonly parallelDirectWrites: boolean;
+  /** Bound on Atomics.wait while a view's gate is closed, in ms (the gate is re-checked after it). */
+  readonly gateWaitMs?: number;
+}
+
+interface ViewState {
+  readonly d: ViewDescriptor;
+  readonly ctl: Int32Array;
+  readonly writeDirect: Int32Array | null;
+  readonly valid: Int32Array | null;
+  readonly blockBytes: number;
+  readonly granuleBytes: number;
+}
+
+/** Marks a handler path that has answered its request (exactly one reply per answerable request). */
+type Sent = 'sent';
+const SENT: Sent = 'sent';
+
+const DIR_ATTR_MODE = S_IFDIR | 0o755;
+const WANTED_INIT_FLAGS =
+  InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.MAX_PAGES | InitFlag.ASYNC_DIO | InitFlag.PARALLEL_DIROPS;
+const STARTED_SEC = Math.floor(Date.now() / 1000);
+
+export class FuseSession {
+  private readonly inDv: DataView;
+  private readonly outDv: DataView;
+  private readonly views = new Map<number, ViewState>();
+  private readonly byName = new Map<string, number>();
+  private stopping = false;
+  private initDone = false;
+  /** Counters, reported for tests and logs. */
+  readonly stats = { requests: 0, malformed: 0, garbage: 0, slowCalls: 0, replyErrors: 0 };
+
+  constructor(private readonly deps: SessionDeps) {
+    this.inDv = new DataView(deps.inBuf.buffer, deps.inBuf.byteOffset, deps.inBuf.byteLength);
+    this.outDv = new DataView(deps.outBuf.buffer, deps.outBuf.byteOffset, deps.outBuf.byteLength);
+  }
+
+  addView(d: ViewDescriptor): void {
+    const blockBytes = 2 ** d.blockShift;
+    this.views.set(d.nodeId, {
+      d,
+      ctl: new Int32Array(d.ctl),
+      writeDirect: d.writeDirect ? new Int32Array(d.writeDirect) : null,
+      valid: d.valid ? new Int32Array(d.valid) : null,
+      blockBytes,
+      granuleBytes: blockBytes * 2 ** d.granuleShift,
+    });
+    this.byName.set(d.name, d.nodeId);
+  }
+
+  /** Serves requests until the connection goes away (unmount or abort); returns the reason. */
+  serve(): string {
+    for (;;) {
+      if (this.stopping) return 'stopped';
+      const n = this.deps.dev.read(this.deps.inBuf);
+      if (n < 0) {
+        if (n === -Errno.ENOENT || n === -Errno.EINTR || n === -Errno.EAGAIN) continue;
+        if (n === -Errno.ENODEV) return 'unmounted';
+        return `read /dev/fuse failed: errno ${-n}`;
+      }
+      this.handleFrame(n);
+    }
+  }
+
+  /** Serves one frame already in inBuf[0, n). Never throws. */
+  handleFrame(n: number): void {
+    this.stats.requests++;
+    const req = parseRequest(this.inDv, n, this.deps.maxWrite);
+    try {
+      this.dispatch(req);
+    } catch (err) {
+      // A bug or an unexpected I/O exception: answer EIO rather than leave the kernel waiting.
+      this.log('error', 'Failed FUSE request', { op: req.op, err: String(err) });
+      if (req.op !== 'garbage') this.replyError(req.h, errnoOf(err));
+    }
+  }
+
+  private dispatch(req: FuseRequest): Sent | undefined {
+    switch (req.op) {
+      case 'garbage':
+        this.stats.garbage++;
+        this.log('warn', 'Dropped FUSE frame without header', { reason: req.reason });
+        return undefined;
+      case 'malformed':
+        this.stats.malformed++;
+        this.log('warn', 'Rejected malformed FUSE request', { opcode: req.h.opcode, reason: req.reason });
+        return this.replyError(req.h, req.errno);
+      case 'init':
+        return this.onInit(req);
+      case 'forget':
+      case 'interrupt':
+        return undefined; // no reply: requests finish quickly, the kernel handles the interrupted waiter itself
+      case 'destroy':
+        this.stopping = true;
+        return this.replyOk(req.h, 0);
+      case 'lookup':
+        return this.onLookup(req.h, req.name);
+      case 'getattr':
+        return this.onGetattr(req.h);
+      case 'setattr':
+        return this.onSetattr(req.h, req.valid, req.size);
+      case 'opendir':
+        return req.h.nodeId === FUSE_ROOT_ID ? this.onOpenOut(req.h, 0) : this.replyError(req.h, Errno.ENOTDIR);
+      case 'readdir':
+        return this.onReaddir(req.h, req.offset, req.size);
+      case 'releasedir':
+      case 'fsyncdir':
+        return this.replyOk(req.h, 0);
+      case 'statfs':
+        return this.onStatfs(req.h);
+      case 'open':
+        return this.onOpen(req.h, req.flags);
+      case 'release':
+        return this.onRelease(req.h);
+      case 'read':
+        return this.withView(req.h, (v) => this.onRead(req.h, v, req.offset, req.size));
+      case 'write':
+        return this.withView(req.h, (v) => this.onWrite(req.h, v, req.offset, req.size, req.dataOffset));
+      case 'flush':
+      case 'fsync':
+        return this.withView(req.h, (v) => this.onSync(req.h, v));
+      case 'fallocate':
+        return this.withView(req.h, (v) => this.onFallocate(req.h, v, req.offset, req.length, req.mode));
+      case 'unknown':
+        return this.replyError(req.h, Errno.ENOSYS);
+    }
+  }
+
+  // ----- control plane of the tiny file system ------------------------------------------------------------
+
+  private onInit(req: Extract<FuseRequest, { op: 'init' }>): Sent {
+    if (req.major !== FUSE_KERNEL_VERSION) {
+      // Protocol rule: answer with our major only; the kernel then retries or gives up.
+      encodeInitOut(this.outDv, OUT_HEADER_BYTES, { ...emptyInit(), minor: 0 }, FUSE_KERNEL_VERSION);
+      return this.replyOk(req.h, 8);
+    }
+    const flags = req.flags & WANTED_INIT_FLAGS;
+    const minor = Math.min(req.minor, FUSE_OUR_MINOR_VERSION);
+    const body = encodeInitOut(
+      this.outDv,
+      OUT_HEADER_BYTES,
+      {
+        minor,
+        maxReadahead: req.maxReadahead,
+        flags,
+        maxBackground: 64,
+        congestionThreshold: 48,
+        maxWrite: this.deps.maxWrite,
+        maxPages: FUSE_MAX_PAGES,
+      },
+      FUSE_KERNEL_VERSION,
+    );
+    const sent = this.replyOk(req.h, body);
+    this.initDone = true;
+    this.deps.emit({
+      t: 'init',
+      worker: this.deps.index,
+      major: req.major,
+      minor,
+      flags,
+      maxWrite: this.deps.maxWrite,
+    });
+    return sent;
+  }
+
+  private onLookup(h: RequestHeader, name: string): Sent {
+    if (h.nodeId !== FUSE_ROOT_ID) return this.replyError(h, Errno.ENOTDIR);
+    const v = this.viewByName(name);
+    if (!v) return this.replyError(h, Errno.ENOENT);
+    const body = encodeEntryOut(this.outDv, OUT_HEADER_BYTES, v.d.nodeId, fileAttr(v), this.deps.timeouts);
+    return this.replyOk(h, body);
+  }
+
+  private onGetattr(h: RequestHeader): Sent {
+    if (h.nodeId === FUSE_ROOT_ID)
+      return this.replyOk(h, encodeAttrOut(this.outDv, OUT_HEADER_BYTES, dirAttr(), this.deps.timeouts));
+    const v = this.viewById(h.nodeId);
+    if (!v) return this.replyError(h, Errno.ENOENT);
+    return this.replyOk(h, encodeAttrOut(this.outDv, OUT_HEADER_BYTES, fileAttr(v), this.deps.timeouts));
+  }
+
+  /** Mode, owner and time changes are accepted and ignored; the size of a view is set by the engine only. */
+  private onSetattr(h: RequestHeader, valid: number, size: number): Sent {
+    if (h.nodeId === FUSE_ROOT_ID)
+      return this.replyOk(h, encodeAttrOut(this.outDv, OUT_HEADER_BYTES, dirAttr(), this.deps.timeouts));
+    const v = this.viewById(h.nodeId);
+    if (!v) return this.replyError(h, Errno.ENOENT);
+    if ((valid & FATTR_SIZE) !== 0 && size !== v.d.sizeBytes) {
+      return this.replyError(h, v.d.readOnly ? Errno.EROFS : Errno.EPERM);
+    }
+    return this.replyOk(h, encodeAttrOut(this.outDv, OUT_HEADER_BYTES, fileAttr(v), this.deps.timeouts));
+  }
+
+  private onReaddir(h: RequestHeader, offset: number, size: number): Sent {
+    if (h.nodeId !== FUSE_ROOT_ID) return this.replyError(h, Errno.ENOTDIR);
+    this.drainControl();
+    const entries: DirEntry[] = [
+      { ino: FUSE_ROOT_ID, name: '.', type: DT_DIR },
+      { ino: FUSE_ROOT_ID, name: '..', type: DT_DIR },
+    ];
+    for (const v of this.views.values()) {
+      if (Atomics.load(v.ctl, CTL_STATE) === VIEW_ACTIVE)
+        entries.push({ ino: v.d.nodeId, name: v.d.name, type: DT_REG });
+    }
+    const room = Math.min(size, this.deps.outBuf.byteLength - OUT_HEADER_BYTES);
+    return this.replyOk(h, encodeDirents(this.outDv, OUT_HEADER_BYTES, entries, offset, room));
+  }
+
+  private onStatfs(h: RequestHeader): Sent {
+    let bytes = 0;
+    for (const v of this.views.values()) bytes += v.d.sizeBytes;
+    const bsize = 4096;
+    const body = encodeStatfsOut(this.outDv, OUT_HEADER_BYTES, {
+      blocks: Math.ceil(bytes / bsize),
+      bfree: 0,
+      files: this.views.size,
+      bsize,
+    });
+    return this.replyOk(h, body);
+  }
+
+  private onOpen(h: RequestHeader, flags: number): Sent {
+    if (h.nodeId === FUSE_ROOT_ID) return this.replyError(h, Errno.EISDIR);
+    const v = this.viewById(h.nodeId);
+    if (!v) return this.replyError(h, Errno.ENOENT);
+    if (v.d.readOnly && (flags & O_ACCMODE) !== O_RDONLY) return this.replyError(h, Errno.EROFS);
+    Atomics.add(v.ctl, CTL_OPENS, 1);
+    return this.onOpenOut(h, this.deps.parallelDirectWrites ? FOPEN_PARALLEL_DIRECT_WRITES : 0, v.d.nodeId);
+  }
+
+  private onOpenOut(h: RequestHeader, openFlags: number, fh = 0): Sent {
+    return this.replyOk(h, encodeOpenOut(this.outDv, OUT_HEADER_BYTES, fh, openFlags));
+  }
+
+  private onRelease(h: RequestHeader): Sent {
+    const v = this.views.get(h.nodeId);
+    if (v) Atomics.sub(v.ctl, CTL_OPENS, 1);
+    return this.replyOk(h, 0);
+  }
+
+  // ----- data plane ---------------------------------------------------------------------------------------
+
+  /** Runs `fn` with the view entered (BUSY held, gate open, view active); answers ENOENT for a gone view. */
+  private withView(h: RequestHeader, fn: (v: ViewState) => Sent): Sent {
+    const v = this.viewById(h.nodeId);
+    if (!v) return this.replyError(h, Errno.ENOENT);
+    const ctl = v.ctl;
+    for (;;) {
+      Atomics.add(ctl, CTL_BUSY, 1);
+      if (Atomics.load(ctl, CTL_GATE) === 0) break;
+      this.leave(ctl);
+      Atomics.wait(ctl, CTL_GATE, 1, this.deps.gateWaitMs ?? 1000);
+    }
+    try {
+      if (Atomics.load(ctl, CTL_STATE) !== VIEW_ACTIVE) return this.replyError(h, Errno.ENOENT);
+      return fn(v);
+    } finally {
+      this.leave(ctl);
+    }
+  }
+
+  private leave(ctl: Int32Array): void {
+    if (Atomics.sub(ctl, CTL_BUSY, 1) === 1) Atomics.notify(ctl, CTL_BUSY);
+  }
+
+  private onRead(h: RequestHeader, v: ViewState, offset: number, size: number): Sent {
+    const limit = Math.min(size, this.deps.outBuf.byteLength - OUT_HEADER_BYTES);
+    const n = offset >= v.d.sizeBytes ? 0 : Math.min(limit, v.d.sizeBytes - offset);
+    if (n === 0) return this.replyOk(h, 0);
+    if (v.d.kind === 'remote') {
+      this.stats.slowCalls++;
+      const r = this.deps.call({ t: 'read', worker: this.deps.index, nodeId: v.d.nodeId, offset, length: n });
+      return r < 0 ? this.replyError(h, -r) : this.replyOk(h, Math.min(r, n));
+    }
+    if (v.valid) this.readLive(v, offset, n);
+    else this.preadFull(v.d.fd, OUT_HEADER_BYTES, n, offset);
+    return this.replyOk(h, n);
+  }
+
+  /** Reads [offset, offset+n) of a live view into outBuf: clone data for valid granules, zeros elsewhere. */
+  private readLive(v: ViewState, offset: number, n: number): void {
+    const valid = v.valid as Int32Array;
+    const gb = v.granuleBytes;
+    const g0 = Math.floor(offset / gb);
+    const g1 = Math.floor((offset + n - 1) / gb);
+    if (allSet(valid, g0, g1)) {
+      this.preadFull(v.d.fd, OUT_HEADER_BYTES, n, offset);
+      return;
+    }
+    let pos = offset;
+    const end = offset + n;
+    while (pos < end) {
+      const g = Math.floor(pos / gb);
+      const isValid = allSet(valid, g, g);
+      let runEnd = Math.min(end, (g + 1) * gb);
+      while (runEnd < end && allSet(valid, Math.floor(runEnd / gb), Math.floor(runEnd / gb)) === isValid) {
+        runEnd = Math.min(end, runEnd + gb);
+      }
+      const at = OUT_HEADER_BYTES + (pos - offset);
+      if (isValid) this.preadFull(v.d.fd, at, runEnd - pos, pos);
+      else this.deps.outBuf.fill(0, at, at + (runEnd - pos));
+      pos = runEnd;
+    }
+  }
+
+  private onWrite(h: RequestHeader, v: ViewState, offset: number, size: number, dataOffset: number): Sent {
+    if (v.d.readOnly) return this.replyError(h, Errno.EROFS);
+    if (size === 0) return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, 0));
+    if (offset + size > v.d.sizeBytes) return this.replyError(h, Errno.ENOSPC);
+    if (v.d.kind === 'remote') {
+      this.stats.slowCalls++;
+      const r = this.deps.call({
+        t: 'write',
+        worker: this.deps.index,
+        nodeId: v.d.nodeId,
+        offset,
+        length: size,
+        dataOffset,
+      });
+      if (r < 0) return this.replyError(h, -r);
+      return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
+    }
+    if (v.writeDirect) {
+      const b0 = Math.floor(offset / v.blockBytes);
+      const b1 = Math.floor((offset + size - 1) / v.blockBytes);
+      if (!allSet(v.writeDirect, b0, b1)) {
+        this.stats.slowCalls++;
+        const r = this.deps.call({ t: 'prepare', worker: this.deps.index, nodeId: v.d.nodeId, offset, length: size });
+        if (r < 0) return this.replyError(h, -r);
+      }
+    }
+    let done = 0;
+    while (done < size) {
+      const w = this.deps.file.pwrite(v.d.fd, this.deps.inBuf, dataOffset + done, size - done, offset + done);
+      if (w <= 0) throw Object.assign(new Error('short write'), { errno: -Errno.EIO });
+      done += w;
+    }
+    return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
+  }
+
+  private onSync(h: RequestHeader, v: ViewState): Sent {
+    if (v.d.kind !== 'remote' && !v.d.readOnly) this.deps.file.fdatasync(v.d.fd);
+    if (v.d.kind !== 'file') {
+      this.stats.slowCalls++;
+      const r = this.deps.call({ t: 'flush', worker: this.deps.index, nodeId: v.d.nodeId });
+      if (r < 0) return this.replyError(h, -r);
+    }
+    return this.replyOk(h, 0);
+  }
+
+  /**
+   * PUNCH_HOLE and ZERO_RANGE mean "this range reads as zeros afterwards" (loop turns DISCARD and
+   * WRITE_ZEROES into them); the engine clears meta bit map granules and zeroes partial ones. Plain
+   * preallocation is a no-op (the engine allocates on write). Pass-through views answer EOPNOTSUPP, which
+   * loop treats as "discard unsupported" (never ENOSYS: that would switch fallocate off for the whole mount).
+   */
+  private onFallocate(h: RequestHeader, v: ViewState, offset: number, length: number, mode: number): Sent {
+    const known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
+    if ((mode & ~known) !== 0) return this.replyError(h, Errno.EOPNOTSUPP);
+    const zeroing = (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) !== 0;
+    if (!zeroing) return this.replyOk(h, 0);
+    if (v.d.readOnly) return this.replyError(h, Errno.EROFS);
+    if (v.d.kind === 'file') return this.replyError(h, Errno.EOPNOTSUPP);
+    if (offset >= v.d.sizeBytes || length === 0) return this.replyOk(h, 0);
+    const len = Math.min(length, v.d.sizeBytes - offset);
+    this.stats.slowCalls++;
+    const r = this.deps.call({ t: 'discard', worker: this.deps.index, nodeId: v.d.nodeId, offset, length: len, mode });
+    if (r < 0) return this.replyError(h, -r);
+    return this.replyOk(h, 0);
+  }
+
+  private preadFull(fd: number, at: number, n: number, position: number): void {
+    let done = 0;
+    while (done < n) {
+      const r = this.deps.file.pread(fd, this.deps.outBuf, at + done, n - done, position + done);
+      if (r <= 0) {
+        // Past the end of a sparse backing file: the rest reads as zeros.
+        this.deps.outBuf.fill(0, at + done, at + n);
+        return;
+      }
+      done += r;
+    }
+  }
+
+  // ----- view registry ------------------------------------------------------------------------------------
+
+  private drainControl(): void {
+    for (let m = this.deps.control(); m; m = this.deps.control()) {
+      if (m.t === 'add') this.addView(m.view);
+      else if (m.t === 'stop') this.stopping = true;
+    }
+    for (const [id, v] of this.views) {
+      if (Atomics.load(v.ctl, CTL_STATE) !== VIEW_ACTIVE) {
+        this.views.delete(id);
+        if (this.byName.get(v.d.name) === id) this.byName.delete(v.d.name);
+      }
+    }
+  }
+
+  private viewById(nodeId: number): ViewState | undefined {
+    let v = this.views.get(nodeId);
+    if (!v || Atomics.load(v.ctl, CTL_STATE) !== VIEW_ACTIVE) {
+      this.drainControl();
+      v = this.views.get(nodeId);
+    }
+    return v && Atomics.load(v.ctl, CTL_STATE) === VIEW_ACTIVE ? v : undefined;
+  }
+
+  private viewByName(name: string): ViewState | undefined {
+    this.drainControl();
+    const id = this.byName.get(name);
+    return id === undefined ? undefined : this.viewById(id);
+  }
+
+  // ----- replies ------------------------------------------------------------------------------------------
+
+  private replyOk(h: RequestHeader, bodyBytes: number): Sent {
+    const total = OUT_HEADER_BYTES + bodyBytes;
+    encodeOutHeader(this.outDv, total, 0, h.uniqueLo, h.uniqueHi);
+    this.send(total);
+    return SENT;
+  }
+
+  private replyError(h: RequestHeader, errno: number): Sent {
+    encodeOutHeader(this.outDv, OUT_HEADER_BYTES, errno, h.uniqueLo, h.uniqueHi);
+    this.send(OUT_HEADER_BYTES);
+    return SENT;
+  }
+
+  private send(total: number): void {
+    const r = this.deps.dev.write(this.deps.outBuf, total);
+    // ENOENT: the request was interrupted and is gone; nothing to do.
+    if (r < 0 && r !== -Errno.ENOENT) {
+      this.stats.replyErrors++;
+      this.log('warn', 'Failed to write FUSE reply', { errno: -r });
+    }
+  }
+
+  private log(level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields: Record<string, unknown>): void {
+    this.deps.emit({ t: 'log', worker: this.deps.index, level, msg, fields });
+  }
+
+  get initialized(): boolean {
+    return this.initDone;
+  }
+}
+
+function emptyInit() {
+  return { minor: 0, maxReadahead: 0, flags: 0, maxBackground: 0, congestionThreshold: 0, maxWrite: 0, maxPages: 0 };
+}
+
+function dirAttr(): Attr {
+  return { ino: FUSE_ROOT_ID, size: 0, mode: DIR_ATTR_MODE, nlink: 2, mtimeSec: STARTED_SEC, blksize: 4096 };
+}
+
+function fileAttr(v: ViewState): Attr {
+  return {
+    ino: v.d.nodeId,
+    size: v.d.sizeBytes,
+    mode: S_IFREG | (v.d.readOnly ? 0o400 : 0o600),
+    nlink: 1,
+    mtimeSec: v.d.mtimeSec,
+    blksize: v.blockBytes,
+  };
+}
+
+/** errno of a Node fs exception (its `errno` is negative), EIO for anything else. */
+export function errnoOf(err: unknown): number {
+  const e = (err as { errno?: unknown } | null)?.errno;
+  if (typeof e === 'number' && e !== 0) return Math.abs(e);
+  return Errno.EIO;
+}
