@@ -63,9 +63,8 @@ it('every property of our served schemas has a description (kubectl explain)', (
     }
   };
   for (const name of SNAPSHOT_CRD_NAMES) {
-    const v1 = (
-      ours.get(name)?.spec as { versions: Array<{ name: string; schema: { openAPIV3Schema: unknown } }> }
-    ).versions.find((v) => v.name === 'v1');
+    const spec = ours.get(name)?.spec as { versions: Array<{ name: string; schema: { openAPIV3Schema: unknown } }> };
+    const v1 = spec.versions.find((v) => v.name === 'v1');
     walk(v1?.schema.openAPIV3Schema, name);
   }
   expect(missing).toEqual([]);

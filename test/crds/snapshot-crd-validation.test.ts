@@ -116,7 +116,7 @@ describe('status subresource', () => {
         name,
         body: [{ op: 'add', path: '/status', value: status }],
       });
-    const ns = 1_795_000_000_123_456_789;
+    const ns = 1_795_000_000_123_456_000; // int64 nanoseconds, exactly representable as a double
     const ok = (await patch({
       creationTime: ns,
       restoreSize: 1048576,
