@@ -38,5 +38,6 @@ fi
 
 "$ROOT/hack/build-tools.sh"
 
+"$ROOT/hack/protos.sh"
 log "compiling TypeScript"
 npx tsc -p tsconfig.build.json
