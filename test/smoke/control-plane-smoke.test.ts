@@ -14,7 +14,13 @@ import { pinnedVersion } from '../support/go-modules.js';
 import { REPO_ROOT } from '../support/paths.js';
 
 const dir = mkdtempSync(join(REPO_ROOT, '.loopsnap', 'smoke-'));
-const ports = { api: '18443', etcd: '14379', peer: '14380', kcm: '10757' };
+const slot = Number(process.env.LOOPSNAP_TEST_SLOT ?? '0') * 10;
+const ports = {
+  api: String(18443 + slot),
+  etcd: String(14379 + slot),
+  peer: String(14380 + slot),
+  kcm: String(10757 + slot),
+};
 const env = {
   ...process.env,
   LOOPSNAP_CLUSTER_DIR: dir,
