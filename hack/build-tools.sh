@@ -29,7 +29,9 @@ ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kubectl csi-sanity)
 log() { printf '[build-tools] %s\n' "$*" >&2; }
 die() { printf '[build-tools] error: %s\n' "$*" >&2; exit 1; }
 
-command -v go >/dev/null || die "go is not installed (Debian: apt-get install golang-go, or the machine's Go)"
+command -v go >/dev/null || die "go is not installed; Go >= 1.24 is needed (Debian bookworm's golang-go is too old: install from go.dev or the machine image)"
+go_minor="$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
+[ "${go_minor:-0}" -ge 24 ] || die "Go >= 1.24 is needed to build k8s v1.33 tools; found $(go env GOVERSION)"
 
 module_of() {
   case "$1" in

@@ -12,7 +12,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 # command -> Debian package providing it
 declare -A NEED=(
   [openssl]=openssl [curl]=curl [ss]=iproute2 [losetup]=util-linux [fsfreeze]=util-linux
-  [mkfs.ext4]=e2fsprogs [mkfs.xfs]=xfsprogs [fio]=fio [go]=golang-go [mountpoint]=util-linux
+  [mkfs.ext4]=e2fsprogs [mkfs.xfs]=xfsprogs [fio]=fio [mountpoint]=util-linux
   [fsck.ext4]=e2fsprogs [xfs_repair]=xfsprogs
 )
 missing=()
