@@ -33,6 +33,7 @@ import {
   CTL_OPENS,
   CTL_STATE,
   CTL_WORDS,
+  type EngineFastPath,
   VIEW_ACTIVE,
   VIEW_REMOVED,
   type ViewDescriptor,
@@ -44,8 +45,10 @@ import {
 
 /** Main-thread side of a `live` view: the engine work the fast path cannot do alone. */
 export interface LiveViewHandler {
-  /** Makes a production write of [offset, offset+length) safe to land in the clone file (COW done, durable). */
-  prepareWrite(offset: number, length: number): Promise<void>;
+  /** A production read while the engine routes reads to itself (e.g. during an online restore). */
+  read(offset: number, dst: Uint8Array): Promise<void>;
+  /** A production write the fast path could not do alone (some block needs engine work). */
+  write(offset: number, src: Uint8Array): Promise<void>;
   /** Makes [offset, offset+length) read as zeros (meta bit map granules cleared, partial blocks zeroed). */
   discard(offset: number, length: number): Promise<void>;
   /** Durability barrier for engine metadata (the worker has already fdatasync'd the clone file). */
@@ -69,11 +72,8 @@ export type ViewSpec =
       readonly path: string;
       readonly sizeBytes: number;
       readonly blockSizeBytes: number;
-      readonly granuleBlocks: number;
-      /** Bit per block: 1 = a production write needs no engine work now. Cleared (under quiesce) at a cut. */
-      readonly writeDirect: Int32Array;
-      /** Bit per granule: 0 = reads as zeros. null = every granule valid. */
-      readonly valid: Int32Array | null;
+      /** The engine's current fast-path arrays (called again when the engine's generation changes). */
+      readonly fastPath: () => EngineFastPath;
       readonly handler: LiveViewHandler;
     }
   | {
@@ -214,9 +214,7 @@ export class FuseServer {
       fd,
       ctl: ctlBuf,
       blockShift: Math.log2(blockSizeBytes),
-      granuleShift: spec.kind === 'live' ? Math.log2(spec.granuleBlocks) : 0,
-      writeDirect: spec.kind === 'live' ? (spec.writeDirect.buffer as SharedArrayBuffer) : null,
-      valid: spec.kind === 'live' && spec.valid ? (spec.valid.buffer as SharedArrayBuffer) : null,
+      engine: spec.kind === 'live' ? spec.fastPath() : null,
       mtimeSec: Math.floor(Date.now() / 1000),
     };
     const v: ExposedView = { d, ctl, spec };
@@ -225,6 +223,22 @@ export class FuseServer {
     for (const s of this.slots) s.port.postMessage({ t: 'add', view: d } satisfies WorkerControl);
     this.log.info({ view: spec.name, kind: spec.kind, sizeBytes }, 'Exposed view');
     return this.pathOf(spec.name);
+  }
+
+  /**
+   * Re-reads a live view's engine arrays and hands them to the workers (after the engine replaced them,
+   * e.g. on resize; until then workers see a stale generation and use the slow path, which stays correct).
+   */
+  refreshLiveView(name: string): void {
+    const v = this.views.get(name);
+    const missing = new MountError('DP_ERR_VIEW_NOT_FOUND', `live view ${name} is not exposed`);
+    if (v === undefined) throw missing;
+    if (v.spec.kind !== 'live') throw missing;
+    const d: ViewDescriptor = { ...v.d, engine: v.spec.fastPath() };
+    const nv: ExposedView = { d, ctl: v.ctl, spec: v.spec };
+    this.views.set(name, nv);
+    this.byNode.set(d.nodeId, nv);
+    for (const s of this.slots) s.port.postMessage({ t: 'update', view: d } satisfies WorkerControl);
   }
 
   /** Open handles on a view (a loop device attached to it holds one). */
@@ -390,17 +404,15 @@ export class FuseServer {
     const spec = v.spec;
     if (spec.kind === 'file') return -95; // EOPNOTSUPP: file views never call
     switch (m.t) {
-      case 'prepare':
-        if (spec.kind !== 'live') return -22;
-        await spec.handler.prepareWrite(m.offset, m.length);
-        return 0;
       case 'read': {
-        if (spec.kind !== 'remote') return -22;
         const dst = slot.outBuf.subarray(OUT_HEADER_BYTES, OUT_HEADER_BYTES + m.length);
+        if (spec.kind === 'live') {
+          await spec.handler.read(m.offset, dst);
+          return m.length;
+        }
         return await spec.handler.read(m.offset, dst);
       }
       case 'write':
-        if (spec.kind !== 'remote') return -22;
         await spec.handler.write(m.offset, slot.inBuf.subarray(m.dataOffset, m.dataOffset + m.length));
         return 0;
       case 'discard':

@@ -14,7 +14,32 @@ import {
 import { frame, frames } from './fuse-frames.testing.js';
 import { FuseSession } from './fuse-session.js';
 import { createSharedBitmap, fillBits } from './shared-bitmap.js';
-import { CTL_OPENS, CTL_STATE, CTL_WORDS, VIEW_ACTIVE, type ViewDescriptor, type WorkerCall } from './view-protocol.js';
+import {
+  CTL_OPENS,
+  CTL_STATE,
+  CTL_WORDS,
+  ENGINE_CTL_FLAGS,
+  ENGINE_CTL_GATE,
+  ENGINE_CTL_GENERATION,
+  ENGINE_CTL_INFLIGHT,
+  type EngineFastPath,
+  VIEW_ACTIVE,
+  type ViewDescriptor,
+  type WorkerCall,
+} from './view-protocol.js';
+
+/** Engine fast-path arrays as the engine would publish them (blocks of 4 KiB). */
+function engineState(blocks: number, granuleShift = 0): EngineFastPath {
+  return {
+    control: new Int32Array(new SharedArrayBuffer(32)),
+    settled: new Uint32Array(createSharedBitmap(blocks).buffer),
+    meta: new Uint32Array(createSharedBitmap(blocks).buffer),
+    blockSize: 4096,
+    blockCount: blocks,
+    granuleShift,
+    generation: 0,
+  };
+}
 
 interface Reply {
   readonly unique: bigint;
@@ -85,9 +110,7 @@ function harness() {
       fd,
       ctl,
       blockShift: 12,
-      granuleShift: 0,
-      writeDirect: null,
-      valid: null,
+      engine: null,
       mtimeSec: 0,
       ...d,
     });
@@ -151,41 +174,61 @@ describe('FuseSession', () => {
     expect(Atomics.load(ctl, CTL_OPENS)).toBe(0);
   });
 
-  it('1-5 live view: writes to blocks without the direct bit call prepare first; direct blocks do not', () => {
+  it('1-5 live view: writes touching an unsettled block go to the engine; settled ones go to the clone file', () => {
     const t = harness();
-    const writeDirect = createSharedBitmap(16);
-    t.view(
-      { nodeId: 4, name: 'live', kind: 'live', writeDirect: writeDirect.buffer as SharedArrayBuffer },
-      new Uint8Array(16 * 4096),
-    );
-    fillBits(writeDirect, 0, 3, true);
+    const e = engineState(16);
+    t.view({ nodeId: 4, name: 'live', kind: 'live', engine: e }, new Uint8Array(16 * 4096));
+    fillBits(e.settled, 0, 3, true);
     expect(t.send(frames.write(2, 4, 0, new Uint8Array(4 * 4096).fill(1)))?.error).toBe(0);
     expect(t.calls).toHaveLength(0);
+    expect((t.files.get(104) as Uint8Array)[3 * 4096]).toBe(1);
     expect(t.send(frames.write(4, 4, 3 * 4096 + 100, new Uint8Array(4096).fill(2)))?.error).toBe(0);
-    expect(t.calls).toEqual([{ t: 'prepare', worker: 0, nodeId: 4, offset: 3 * 4096 + 100, length: 4096 }]);
+    expect(t.calls).toEqual([
+      { t: 'write', worker: 0, nodeId: 4, offset: 3 * 4096 + 100, length: 4096, dataOffset: 80 },
+    ]);
+    expect((t.files.get(104) as Uint8Array)[4 * 4096]).toBe(0); // the engine writes slow-path data
     t.setCallResult(-Errno.EIO);
     expect(t.send(frames.write(6, 4, 8 * 4096, new Uint8Array(10)))?.error).toBe(-Errno.EIO);
-    expect((t.files.get(104) as Uint8Array)[8 * 4096]).toBe(0); // refused write left the file alone
+    expect(Atomics.load(e.control, ENGINE_CTL_INFLIGHT)).toBe(0);
   });
 
-  it('1-6 live view: granules whose valid bit is clear read as zeros', () => {
+  it('1-6 live view: closed gate or a new engine generation routes settled writes to the engine', () => {
     const t = harness();
-    const valid = createSharedBitmap(8);
+    const e = engineState(16);
+    fillBits(e.settled, 0, 15, true);
+    t.view({ nodeId: 4, name: 'live', kind: 'live', engine: e }, new Uint8Array(16 * 4096));
+    Atomics.store(e.control, ENGINE_CTL_GATE, 1);
+    t.send(frames.write(2, 4, 0, new Uint8Array(10)));
+    Atomics.store(e.control, ENGINE_CTL_GATE, 0);
+    Atomics.store(e.control, ENGINE_CTL_GENERATION, 1);
+    t.send(frames.write(4, 4, 0, new Uint8Array(10)));
+    expect(t.calls.map((c) => c.t)).toEqual(['write', 'write']);
+    expect(Atomics.load(e.control, ENGINE_CTL_INFLIGHT)).toBe(0);
+  });
+
+  it('1-7 live view: granules whose meta bit is clear read as zeros; reads via engine when flagged', () => {
+    const t = harness();
+    const e = engineState(8, 1);
     const data = new Uint8Array(8 * 4096).fill(0xaa);
-    t.view({ nodeId: 5, name: 'live', kind: 'live', valid: valid.buffer as SharedArrayBuffer, granuleShift: 1 }, data);
-    fillBits(valid, 0, 0, true); // granule 0 = blocks 0-1
-    fillBits(valid, 2, 2, true); // granule 2 = blocks 4-5
+    t.view({ nodeId: 5, name: 'live', kind: 'live', engine: e }, data);
+    fillBits(e.meta, 0, 0, true); // granule 0 = blocks 0-1
+    fillBits(e.meta, 2, 2, true); // granule 2 = blocks 4-5
     const r = t.send(frames.read(2, 5, 4096, 5 * 4096));
     const body = r?.body ?? new Uint8Array();
     expect(body.length).toBe(5 * 4096);
     expect(body.subarray(0, 4096).every((b) => b === 0xaa)).toBe(true); // block 1
     expect(body.subarray(4096, 3 * 4096).every((b) => b === 0)).toBe(true); // blocks 2-3
     expect(body.subarray(3 * 4096).every((b) => b === 0xaa)).toBe(true); // blocks 4-5
+    expect(t.calls).toHaveLength(0);
+    Atomics.store(e.control, ENGINE_CTL_FLAGS, 1);
+    t.setCallResult(4096);
+    t.send(frames.read(4, 5, 0, 4096));
+    expect(t.calls).toEqual([{ t: 'read', worker: 0, nodeId: 5, offset: 0, length: 4096 }]);
   });
 
-  it('1-7 FALLOCATE: punch on a live view calls discard; on a file view EOPNOTSUPP; preallocate is a no-op', () => {
+  it('1-8 FALLOCATE: punch on a live view calls discard; on a file view EOPNOTSUPP; preallocate is a no-op', () => {
     const t = harness();
-    t.view({ nodeId: 6, name: 'live', kind: 'live' }, new Uint8Array(8192));
+    t.view({ nodeId: 6, name: 'live', kind: 'live', engine: engineState(2) }, new Uint8Array(8192));
     t.view({ nodeId: 7, name: 'file' }, new Uint8Array(8192));
     const punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
     expect(t.send(frames.fallocate(2, 6, 0, 1 << 20, punch))?.error).toBe(0);
@@ -195,7 +238,7 @@ describe('FuseSession', () => {
     expect(t.send(frames.fallocate(8, 6, 0, 4096, 0x40))?.error).toBe(-Errno.EOPNOTSUPP);
   });
 
-  it('1-8 unknown opcodes get ENOSYS, FORGET and INTERRUPT get no reply, removed views ENOENT', () => {
+  it('1-9 unknown opcodes get ENOSYS, FORGET and INTERRUPT get no reply, removed views ENOENT', () => {
     const t = harness();
     const ctl = t.view({ nodeId: 8, name: 'v' }, new Uint8Array(4096));
     expect(t.send(frame({ opcode: 12345, unique: 2 }))?.error).toBe(-Errno.ENOSYS);

@@ -47,6 +47,12 @@ import {
   CTL_GATE,
   CTL_OPENS,
   CTL_STATE,
+  ENGINE_CTL_FLAGS,
+  ENGINE_CTL_GATE,
+  ENGINE_CTL_GENERATION,
+  ENGINE_CTL_INFLIGHT,
+  ENGINE_FLAG_READS_VIA_ENGINE,
+  type EngineFastPath,
   VIEW_ACTIVE,
   type ViewDescriptor,
   type WorkerCall,
@@ -88,9 +94,9 @@ export interface SessionDeps {
 interface ViewState {
   readonly d: ViewDescriptor;
   readonly ctl: Int32Array;
-  readonly writeDirect: Int32Array | null;
-  readonly valid: Int32Array | null;
+  readonly engine: EngineFastPath | null;
   readonly blockBytes: number;
+  /** Bytes per meta-bit-map granule (live views). */
   readonly granuleBytes: number;
 }
 
@@ -123,10 +129,9 @@ export class FuseSession {
     this.views.set(d.nodeId, {
       d,
       ctl: new Int32Array(d.ctl),
-      writeDirect: d.writeDirect ? new Int32Array(d.writeDirect) : null,
-      valid: d.valid ? new Int32Array(d.valid) : null,
+      engine: d.engine,
       blockBytes,
-      granuleBytes: blockBytes * 2 ** d.granuleShift,
+      granuleBytes: d.engine ? d.engine.blockSize * 2 ** d.engine.granuleShift : blockBytes,
     });
     this.byName.set(d.name, d.nodeId);
   }
@@ -350,19 +355,18 @@ export class FuseSession {
     const limit = Math.min(size, this.deps.outBuf.byteLength - OUT_HEADER_BYTES);
     const n = offset >= v.d.sizeBytes ? 0 : Math.min(limit, v.d.sizeBytes - offset);
     if (n === 0) return this.replyOk(h, 0);
-    if (v.d.kind === 'remote') {
+    if (v.d.kind === 'remote' || (v.engine && !readsDirect(v.engine))) {
       this.stats.slowCalls++;
       const r = this.deps.call({ t: 'read', worker: this.deps.index, nodeId: v.d.nodeId, offset, length: n });
       return r < 0 ? this.replyError(h, -r) : this.replyOk(h, Math.min(r, n));
     }
-    if (v.valid) this.readLive(v, offset, n);
+    if (v.engine) this.readLive(v, v.engine.meta, offset, n);
     else this.preadFull(v.d.fd, OUT_HEADER_BYTES, n, offset);
     return this.replyOk(h, n);
   }
 
   /** Reads [offset, offset+n) of a live view into outBuf: clone data for valid granules, zeros elsewhere. */
-  private readLive(v: ViewState, offset: number, n: number): void {
-    const valid = v.valid as Int32Array;
+  private readLive(v: ViewState, valid: Uint32Array, offset: number, n: number): void {
     const gb = v.granuleBytes;
     const g0 = Math.floor(offset / gb);
     const g1 = Math.floor((offset + n - 1) / gb);
@@ -390,7 +394,22 @@ export class FuseSession {
     if (v.d.readOnly) return this.replyError(h, Errno.EROFS);
     if (size === 0) return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, 0));
     if (offset + size > v.d.sizeBytes) return this.replyError(h, Errno.ENOSPC);
-    if (v.d.kind === 'remote') {
+    if (v.engine) {
+      const ctl = v.engine.control;
+      // Engine fast-path protocol: count in, then check; an exclusive engine section that saw the count at
+      // 0 after closing the gate cannot overlap this write.
+      Atomics.add(ctl, ENGINE_CTL_INFLIGHT, 1);
+      try {
+        if (this.mayWriteDirect(v, v.engine, offset, size)) {
+          this.pwriteFull(v.d.fd, dataOffset, size, offset);
+          return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
+        }
+      } finally {
+        Atomics.sub(ctl, ENGINE_CTL_INFLIGHT, 1);
+      }
+    }
+    if (v.d.kind !== 'file') {
+      // Slow path: the main thread performs the whole write through the engine (COW, meta bit, data).
       this.stats.slowCalls++;
       const r = this.deps.call({
         t: 'write',
@@ -403,26 +422,30 @@ export class FuseSession {
       if (r < 0) return this.replyError(h, -r);
       return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
     }
-    if (v.writeDirect) {
-      const b0 = Math.floor(offset / v.blockBytes);
-      const b1 = Math.floor((offset + size - 1) / v.blockBytes);
-      if (!allSet(v.writeDirect, b0, b1)) {
-        this.stats.slowCalls++;
-        const r = this.deps.call({ t: 'prepare', worker: this.deps.index, nodeId: v.d.nodeId, offset, length: size });
-        if (r < 0) return this.replyError(h, -r);
-      }
-    }
-    let done = 0;
-    while (done < size) {
-      const w = this.deps.file.pwrite(v.d.fd, this.deps.inBuf, dataOffset + done, size - done, offset + done);
-      if (w <= 0) throw Object.assign(new Error('short write'), { errno: -Errno.EIO });
-      done += w;
-    }
+    this.pwriteFull(v.d.fd, dataOffset, size, offset);
     return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
   }
 
+  private mayWriteDirect(v: ViewState, e: EngineFastPath, offset: number, size: number): boolean {
+    if (Atomics.load(e.control, ENGINE_CTL_GATE) !== 0) return false;
+    if (Atomics.load(e.control, ENGINE_CTL_GENERATION) !== e.generation) return false;
+    const b0 = Math.floor(offset / v.blockBytes);
+    const b1 = Math.floor((offset + size - 1) / v.blockBytes);
+    return b1 < e.blockCount && allSet(e.settled, b0, b1);
+  }
+
+  private pwriteFull(fd: number, dataOffset: number, size: number, position: number): void {
+    let done = 0;
+    while (done < size) {
+      const w = this.deps.file.pwrite(fd, this.deps.inBuf, dataOffset + done, size - done, position + done);
+      if (w <= 0) throw Object.assign(new Error('short write'), { errno: -Errno.EIO });
+      done += w;
+    }
+  }
+
+  /** FLUSH/FSYNC: for a live view the engine's flush covers the clone file (fast-path writes included). */
   private onSync(h: RequestHeader, v: ViewState): Sent {
-    if (v.d.kind !== 'remote' && !v.d.readOnly) this.deps.file.fdatasync(v.d.fd);
+    if (v.d.kind === 'file' && !v.d.readOnly) this.deps.file.fdatasync(v.d.fd);
     if (v.d.kind !== 'file') {
       this.stats.slowCalls++;
       const r = this.deps.call({ t: 'flush', worker: this.deps.index, nodeId: v.d.nodeId });
@@ -469,7 +492,7 @@ export class FuseSession {
 
   private drainControl(): void {
     for (let m = this.deps.control(); m; m = this.deps.control()) {
-      if (m.t === 'add') this.addView(m.view);
+      if (m.t === 'add' || m.t === 'update') this.addView(m.view);
       else if (m.t === 'stop') this.stopping = true;
     }
     for (const [id, v] of this.views) {
@@ -482,7 +505,7 @@ export class FuseSession {
 
   private viewById(nodeId: number): ViewState | undefined {
     let v = this.views.get(nodeId);
-    if (!v || Atomics.load(v.ctl, CTL_STATE) !== VIEW_ACTIVE) {
+    if (!v || Atomics.load(v.ctl, CTL_STATE) !== VIEW_ACTIVE || staleEngine(v)) {
       this.drainControl();
       v = this.views.get(nodeId);
     }
@@ -526,6 +549,18 @@ export class FuseSession {
   get initialized(): boolean {
     return this.initDone;
   }
+}
+
+/** The engine replaced its arrays (resize); the main thread has posted the new ones. */
+function staleEngine(v: ViewState): boolean {
+  return v.engine !== null && Atomics.load(v.engine.control, ENGINE_CTL_GENERATION) !== v.engine.generation;
+}
+
+function readsDirect(e: EngineFastPath): boolean {
+  return (
+    (Atomics.load(e.control, ENGINE_CTL_FLAGS) & ENGINE_FLAG_READS_VIA_ENGINE) === 0 &&
+    Atomics.load(e.control, ENGINE_CTL_GENERATION) === e.generation
+  );
 }
 
 function emptyInit() {

@@ -8,6 +8,9 @@
 // bits do not lose updates); readers use Atomics.load, so a bit set before a release (Atomics.store/notify)
 // is seen after the matching acquire.
 
+/** Word arrays the helpers accept; Atomics work on both, and `&` results are compared as int32. */
+export type BitWords = Int32Array | Uint32Array;
+
 export function bitmapWords(bits: number): number {
   return Math.ceil(bits / 32);
 }
@@ -16,12 +19,12 @@ export function createSharedBitmap(bits: number): Int32Array {
   return new Int32Array(new SharedArrayBuffer(Math.max(4, bitmapWords(bits) * 4)));
 }
 
-export function testBit(words: Int32Array, i: number): boolean {
+export function testBit(words: BitWords, i: number): boolean {
   return (Atomics.load(words, i >>> 5) & (1 << (i & 31))) !== 0;
 }
 
 /** True when every bit in [first, last] (inclusive) is set. */
-export function allSet(words: Int32Array, first: number, last: number): boolean {
+export function allSet(words: BitWords, first: number, last: number): boolean {
   let i = first;
   while (i <= last) {
     const w = i >>> 5;
@@ -35,7 +38,7 @@ export function allSet(words: Int32Array, first: number, last: number): boolean 
 }
 
 /** True when no bit in [first, last] (inclusive) is set. */
-export function noneSet(words: Int32Array, first: number, last: number): boolean {
+export function noneSet(words: BitWords, first: number, last: number): boolean {
   let i = first;
   while (i <= last) {
     const w = i >>> 5;
@@ -48,16 +51,16 @@ export function noneSet(words: Int32Array, first: number, last: number): boolean
   return true;
 }
 
-export function setBit(words: Int32Array, i: number): void {
+export function setBit(words: BitWords, i: number): void {
   Atomics.or(words, i >>> 5, 1 << (i & 31));
 }
 
-export function clearBit(words: Int32Array, i: number): void {
+export function clearBit(words: BitWords, i: number): void {
   Atomics.and(words, i >>> 5, ~(1 << (i & 31)));
 }
 
 /** Sets (value true) or clears every bit in [first, last] (inclusive). */
-export function fillBits(words: Int32Array, first: number, last: number, value: boolean): void {
+export function fillBits(words: BitWords, first: number, last: number, value: boolean): void {
   let i = first;
   while (i <= last) {
     const w = i >>> 5;
@@ -71,6 +74,6 @@ export function fillBits(words: Int32Array, first: number, last: number, value: 
 }
 
 /** Clears every bit. Only safe when no writer runs concurrently (callers hold the view's gate). */
-export function clearAll(words: Int32Array): void {
+export function clearAll(words: BitWords): void {
   for (let w = 0; w < words.length; w++) Atomics.store(words, w, 0);
 }

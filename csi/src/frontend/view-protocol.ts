@@ -32,13 +32,35 @@ export const CALL_WORDS = 2;
 /**
  * How a worker serves a view:
  * - `file`: pread/pwrite on `fd` and nothing else (pass-through; the `engine_overhead` baseline).
- * - `live`: the engine's production view. Reads: pread on `fd` (the clone file), zeros for granules whose
- *   `valid` bit is clear. Writes: pwrite on `fd` when every touched block's `writeDirect` bit is set,
- *   otherwise a `prepare` call first (the engine copies before-images, makes them durable, sets the bits).
- *   Discard and flush go to the main thread.
+ * - `live`: the engine's production volume, with the engine's fast-path protocol (engine/shared-state.ts):
+ *   reads pread the clone file (`fd`), zeros for granules whose meta bit is clear; writes pwrite the clone
+ *   when the gate is open, the generation current and every touched block `settled`, inside the engine's
+ *   in-flight count; anything else (unsettled blocks, reads while the engine routes reads, discard, flush)
+ *   is a call into the main thread, which runs the engine.
  * - `remote`: every data operation is a call into the main thread (snapshot views, RW snapshot views).
  */
 export type ViewKind = 'file' | 'live' | 'remote';
+
+/**
+ * The engine's shared state for worker threads (structurally engine/shared-state.ts SharedVolumeState).
+ * control: [ENGINE_CTL_GATE, ENGINE_CTL_INFLIGHT, ENGINE_CTL_GENERATION, ENGINE_CTL_FLAGS, ...];
+ * settled: bit per block, 1 = a production write needs no engine work; meta: MBM_P, bit per granule.
+ */
+export interface EngineFastPath {
+  readonly control: Int32Array;
+  readonly settled: Uint32Array;
+  readonly meta: Uint32Array;
+  readonly blockSize: number;
+  readonly blockCount: number;
+  readonly granuleShift: number;
+  readonly generation: number;
+}
+
+export const ENGINE_CTL_GATE = 0;
+export const ENGINE_CTL_INFLIGHT = 1;
+export const ENGINE_CTL_GENERATION = 2;
+export const ENGINE_CTL_FLAGS = 3;
+export const ENGINE_FLAG_READS_VIA_ENGINE = 1;
 
 export interface ViewDescriptor {
   readonly nodeId: number;
@@ -49,21 +71,22 @@ export interface ViewDescriptor {
   /** File descriptor (process-wide) for `file` and `live`; -1 for `remote`. Owned and closed by main. */
   readonly fd: number;
   readonly ctl: SharedArrayBuffer;
-  /** log2 of the block size; blocks index `writeDirect`. */
+  /** log2 of the block size (st_blksize of the file). */
   readonly blockShift: number;
-  /** log2 of blocks per meta-bit-map granule; granules index `valid`. */
-  readonly granuleShift: number;
-  readonly writeDirect: SharedArrayBuffer | null;
-  readonly valid: SharedArrayBuffer | null;
+  /** `live` views only. */
+  readonly engine: EngineFastPath | null;
   readonly mtimeSec: number;
 }
 
 /** Main → worker (over the worker's control MessagePort, drained with receiveMessageOnPort). */
-export type WorkerControl = { readonly t: 'add'; readonly view: ViewDescriptor } | { readonly t: 'stop' };
+export type WorkerControl =
+  | { readonly t: 'add'; readonly view: ViewDescriptor }
+  /** Replaces the engine arrays of a live view (after a resize bumped the engine's generation). */
+  | { readonly t: 'update'; readonly view: ViewDescriptor }
+  | { readonly t: 'stop' };
 
 /** Worker → main (over parentPort). Calls carry `worker` and expect a result in that worker's call block. */
 export type WorkerCall =
-  | { readonly t: 'prepare'; readonly worker: number; readonly nodeId: number; offset: number; length: number }
   | { readonly t: 'read'; readonly worker: number; readonly nodeId: number; offset: number; length: number }
   | {
       readonly t: 'write';

@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: Apache-2.0
+// The node plugin's data path for one state dir: the FUSE mount at <stateDir>/fuse, the views exposed on it,
+// loop devices on those views, and consistent cuts. This is the API the CSI node service calls.
+//
+//   start(stateDir)           clean up what a dead predecessor left (cleanupStale), mount FUSE, start workers
+//   exposeLive / exposeSnapshot / exposeRw / exposeFile   -> <stateDir>/fuse/<name>
+//   attach(name)              loop device (direct I/O, discard) on a view
+//   cut(mountpoint?, fn)      fsfreeze -f, fn() (the engine's snapshot creation, which quiesces the fast
+//                             path itself), fsfreeze -u -- thaw guaranteed
+//   detach / unexpose / stop
+//
+// Views of one volume share a RangeLock (see range-lock.ts): snapshot and RW reads take it shared, production
+// writes and discards through the slow path exclusive, so a snapshot read that resolved a block to the clone
+// completes before that block is copied out and overwritten.
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from '../../../common/src/log.js';
+import { type CleanupReport, cleanupStale } from '../mount/cleanup.js';
+import { MountError } from '../mount/errors.js';
+import { withFrozenFs } from '../mount/freeze.js';
+import { attachLoop, detachLoop, type LoopDevice, loopForFile } from '../mount/loop-device.js';
+import { FUSE_FSTYPE } from './fuse-mount.js';
+import { FuseServer } from './fuse-server.js';
+import { RangeLock } from './range-lock.js';
+import type { EngineFastPath } from './view-protocol.js';
+
+/** The engine's production volume, as the data path uses it (implemented by engine-ports.ts). */
+export interface LiveVolumePort {
+  readonly sizeBytes: number;
+  readonly blockSize: number;
+  /** The clone file; workers pread/pwrite it for the fast path. */
+  readonly clonePath: string;
+  /** Shared arrays of the fast-path protocol (engine/shared-state.ts), current generation. */
+  fastPath(): EngineFastPath;
+  read(offset: number, into: Uint8Array): Promise<void>;
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /** Afterwards [offset, offset + length) reads as zeros. */
+  discard(offset: number, length: number): Promise<void>;
+  /** Durability barrier: every acknowledged write (fast path included) and its metadata. */
+  flush(): Promise<void>;
+}
+
+/** A read-only snapshot of a volume. */
+export interface SnapshotViewPort {
+  readonly sizeBytes: number;
+  readonly blockSize: number;
+  read(offset: number, into: Uint8Array): Promise<void>;
+}
+
+/** A read-write snapshot (RW clone) of a volume. */
+export interface RwViewPort extends SnapshotViewPort {
+  write(offset: number, data: Uint8Array): Promise<void>;
+  discard(offset: number, length: number): Promise<void>;
+  flush(): Promise<void>;
+}
+
+export interface DatapathOptions {
+  readonly stateDir: string;
+  readonly log: Logger;
+  /** Data-path worker threads (default 4). */
+  readonly workers?: number;
+}
+
+export class Datapath {
+  private readonly locks = new Map<string, RangeLock>();
+
+  private constructor(
+    readonly stateDir: string,
+    private readonly server: FuseServer,
+    private readonly log: Logger,
+    /** What start-up cleanup removed. */
+    readonly cleanup: CleanupReport,
+  ) {}
+
+  static fuseMountpointOf(stateDir: string): string {
+    return join(stateDir, 'fuse');
+  }
+
+  /** Cleans up stale state of an earlier run under `stateDir` (and only there), then mounts and serves. */
+  static async start(opts: DatapathOptions): Promise<Datapath> {
+    const mountpoint = Datapath.fuseMountpointOf(opts.stateDir);
+    const log = opts.log.child({ component: 'datapath' });
+    await mkdir(opts.stateDir, { recursive: true });
+    const cleanup = await cleanupStale({ fuseMountpoint: mountpoint, fuseFsType: FUSE_FSTYPE, log });
+    const server = await FuseServer.start({
+      mountpoint,
+      log,
+      source: 'loopsnap',
+      ...(opts.workers === undefined ? {} : { workers: opts.workers }),
+    });
+    return new Datapath(opts.stateDir, server, log, cleanup);
+  }
+
+  get fuseMountpoint(): string {
+    return this.server.mountpoint;
+  }
+
+  pathOf(name: string): string {
+    return this.server.pathOf(name);
+  }
+
+  views(): string[] {
+    return this.server.viewNames();
+  }
+
+  private lockOf(volumeId: string): RangeLock {
+    let l = this.locks.get(volumeId);
+    if (!l) {
+      l = new RangeLock();
+      this.locks.set(volumeId, l);
+    }
+    return l;
+  }
+
+  /** Exposes a plain file as a view with no engine in the path (baseline, tests). */
+  exposeFile(name: string, path: string, opts: { readOnly?: boolean } = {}): string {
+    return this.server.addView({ kind: 'file', name, path, readOnly: opts.readOnly === true });
+  }
+
+  /** Exposes the production volume `volumeId` (read-write) as view `name`. */
+  exposeLive(name: string, volumeId: string, port: LiveVolumePort): string {
+    const lock = this.lockOf(volumeId);
+    const bs = port.blockSize;
+    const span = (offset: number, length: number): [number, number] => [
+      Math.floor(offset / bs),
+      Math.floor((offset + Math.max(1, length) - 1) / bs),
+    ];
+    return this.server.addView({
+      kind: 'live',
+      name,
+      path: port.clonePath,
+      sizeBytes: port.sizeBytes,
+      blockSizeBytes: bs,
+      fastPath: () => port.fastPath(),
+      handler: {
+        read: (offset, into) => lock.with(...span(offset, into.length), 'shared', () => port.read(offset, into)),
+        write: (offset, src) => lock.with(...span(offset, src.length), 'exclusive', () => port.write(offset, src)),
+        discard: (offset, length) =>
+          lock.with(...span(offset, length), 'exclusive', () => port.discard(offset, length)),
+        flush: () => port.flush(),
+      },
+    });
+  }
+
+  /** Exposes a read-only snapshot view (writes get EROFS). */
+  exposeSnapshot(name: string, volumeId: string, port: SnapshotViewPort): string {
+    const lock = this.lockOf(volumeId);
+    const bs = port.blockSize;
+    return this.server.addView({
+      kind: 'remote',
+      name,
+      sizeBytes: port.sizeBytes,
+      blockSizeBytes: bs,
+      readOnly: true,
+      handler: {
+        read: async (offset, dst) => {
+          await lock.with(Math.floor(offset / bs), Math.floor((offset + dst.length - 1) / bs), 'shared', () =>
+            port.read(offset, dst),
+          );
+          return dst.length;
+        },
+        write: () => Promise.reject(new MountError('DP_ERR_READ_ONLY', `view ${name} is read-only`)),
+        discard: () => Promise.reject(new MountError('DP_ERR_READ_ONLY', `view ${name} is read-only`)),
+        flush: async () => undefined,
+      },
+    });
+  }
+
+  /** Exposes a read-write snapshot view. */
+  exposeRw(name: string, volumeId: string, port: RwViewPort): string {
+    const lock = this.lockOf(volumeId);
+    const bs = port.blockSize;
+    const first = (offset: number): number => Math.floor(offset / bs);
+    const last = (offset: number, length: number): number => Math.floor((offset + Math.max(1, length) - 1) / bs);
+    return this.server.addView({
+      kind: 'remote',
+      name,
+      sizeBytes: port.sizeBytes,
+      blockSizeBytes: bs,
+      readOnly: false,
+      handler: {
+        read: async (offset, dst) => {
+          await lock.with(first(offset), last(offset, dst.length), 'shared', () => port.read(offset, dst));
+          return dst.length;
+        },
+        write: (offset, src) =>
+          lock.with(first(offset), last(offset, src.length), 'shared', () => port.write(offset, src)),
+        discard: (offset, length) =>
+          lock.with(first(offset), last(offset, length), 'shared', () => port.discard(offset, length)),
+        flush: () => port.flush(),
+      },
+    });
+  }
+
+  /** Stops exposing a view; refuses while a loop device holds it unless `force`. Unknown names are fine. */
+  async unexpose(name: string, opts: { force?: boolean } = {}): Promise<void> {
+    await this.server.removeView(name, opts);
+  }
+
+  /** Attaches a loop device to view `name` (idempotent: returns the existing one). */
+  async attach(name: string, opts: { readOnly?: boolean } = {}): Promise<LoopDevice> {
+    const path = this.server.pathOf(name);
+    if (!this.server.viewNames().includes(name)) {
+      throw new MountError('DP_ERR_VIEW_NOT_FOUND', `view ${name} is not exposed`);
+    }
+    const existing = await loopForFile(path);
+    if (existing) return existing;
+    const loop = await attachLoop({ file: path, readOnly: opts.readOnly === true, directIo: true });
+    if (!loop.directIo) this.log.warn({ device: loop.device, view: name }, 'Attached loop device without direct I/O');
+    this.log.info({ device: loop.device, view: name, discard: loop.discard }, 'Attached loop device');
+    return loop;
+  }
+
+  /** Detaches the loop device of view `name`, or the given device. Not attached is not an error. */
+  async detach(nameOrDevice: string): Promise<void> {
+    const device = nameOrDevice.startsWith('/dev/')
+      ? nameOrDevice
+      : (await loopForFile(this.server.pathOf(nameOrDevice)))?.device;
+    if (!device) return;
+    await detachLoop(device);
+    // The kernel releases the view file asynchronously after LOOP_CLR_FD; wait for the RELEASE.
+    const name = nameOrDevice.startsWith('/dev/') ? undefined : nameOrDevice;
+    for (let i = 0; name && i < 200 && this.server.openCount(name) > 0; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  /**
+   * A consistent cut: with `mountpoint` (a file system on a view of this volume is mounted there) it is
+   * frozen around `fn` and always thawed. `fn` creates the snapshot in the engine, which closes the fast
+   * path's gate and drains direct writes itself.
+   */
+  async cut<T>(fn: () => Promise<T>, opts: { mountpoint?: string } = {}): Promise<T> {
+    if (opts.mountpoint) return withFrozenFs(opts.mountpoint, fn, { log: this.log });
+    return fn();
+  }
+
+  /** Unmounts FUSE and stops the workers; refuses while views are open unless `force`. */
+  async stop(opts: { force?: boolean } = {}): Promise<void> {
+    await this.server.stop(opts);
+    this.locks.clear();
+  }
+
+  /** The underlying server (tests, benchmarks). */
+  get fuse(): FuseServer {
+    return this.server;
+  }
+}
