@@ -19,7 +19,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "warning: not root; tests that need loop devices, mounts or FUSE will be reported as skipped" >&2
 fi
 
-run_suite lint npx biome check .
+run_suite lint npm run --silent lint
 run_suite vitest npx vitest run "$@"
 for s in "$ROOT"/hack/suites/*.sh; do
   [ -e "$s" ] || continue

@@ -67,7 +67,9 @@ export function useCluster(prefix = 'test'): ClusterHandle {
         return execFileSync(kubectlPath, [...full, ...args], execOpts).toString();
       } catch (err) {
         const e = err as { stderr?: Buffer; message: string };
-        throw new Error(`kubectl ${args.join(' ')} failed: ${e.stderr?.toString().trim() || e.message}`);
+        throw new Error(`kubectl ${args.join(' ')} failed: ${e.stderr?.toString().trim() || e.message}`, {
+          cause: err,
+        });
       }
     },
   };
