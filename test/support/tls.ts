@@ -52,7 +52,7 @@ async function openssl(args: readonly string[]): Promise<void> {
     await run('openssl', [...args], { timeout: 30_000 });
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new Error(`openssl ${args[0]} failed: ${(e.stderr ?? e.message).trim()}`);
+    throw new Error(`openssl ${args[0]} failed: ${(e.stderr ?? e.message).trim()}`, { cause: err });
   }
 }
 
