@@ -63,7 +63,7 @@ export class RangeLock {
   }
 
   private pump(): void {
-    for (let i = 0; i < this.waiting.length; ) {
+    for (let i = 0; i < this.waiting.length;) {
       const req = this.waiting[i] as Req;
       const blocked =
         [...this.held].some((h) => conflicts(h, req)) || this.waiting.slice(0, i).some((w) => conflicts(w, req));

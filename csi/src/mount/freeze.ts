@@ -45,7 +45,7 @@ export async function withFrozenFs<T>(mountpoint: string, cut: () => Promise<T>,
     try {
       await thawFs(mountpoint);
     } catch (thawErr) {
-      throw new AggregateError([err, thawErr], `cut failed and thaw of ${mountpoint} failed`, { cause: err });
+      throw new AggregateError([err, thawErr], `cut failed and thaw of ${mountpoint} failed`, { cause: thawErr });
     }
     throw err;
   }
