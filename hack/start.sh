@@ -24,8 +24,10 @@ kubectl apply --server-side --force-conflicts -R -f "$ROOT/crds" >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd -l app.kubernetes.io/part-of=loopsnap >/dev/null
 
 pids=()
+idle_pid=""
 cleanup() {
   trap - INT TERM EXIT
+  [ -n "$idle_pid" ] && kill "$idle_pid" 2>/dev/null
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ "$LOCAL_CLUSTER" = 1 ] && [ "${LOOPSNAP_KEEP_CLUSTER:-0}" != 1 ]; then
@@ -49,5 +51,7 @@ if [ ${#pids[@]} -gt 0 ]; then
   wait -n "${pids[@]}" || true
   log "a component exited; shutting down"
 else
-  while true; do sleep 3600 & wait $!; done
+  sleep infinity &
+  idle_pid=$!
+  wait "$idle_pid" || true
 fi
