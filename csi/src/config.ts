@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: Apache-2.0
+// Node plugin flags -> one frozen, validated Config. Pure: main.ts hands in argv; nothing here reads the
+// environment. Flags are `--name=value` or `--name value`; booleans also as bare `--name`.
+import { DEFAULT_REGISTRY_NAMESPACE } from '../../common/src/node-lease-format.js';
+
+export interface Config {
+  readonly endpoint: string;
+  readonly tcpEndpoint: string;
+  readonly tlsCertFile: string;
+  readonly tlsKeyFile: string;
+  readonly tlsClientCaFile: string;
+  readonly insecureTcp: boolean;
+  readonly nodeId: string;
+  readonly driverName: string;
+  readonly stateDir: string;
+  readonly httpEndpoint: string;
+  readonly metricsPath: string;
+  readonly logLevel: string;
+  readonly maxVolumesPerNode: number;
+  readonly defaultFsType: string;
+  readonly blockSizeBytes: number;
+  readonly granuleBlocks: number;
+  readonly defaultVolumeSizeBytes: number;
+  readonly minVolumeSizeBytes: number;
+  readonly maxVolumeSizeBytes: number;
+  readonly saveQuotaBytes: number;
+  readonly fuseWorkers: number;
+  readonly kubeconfig: string;
+  readonly inCluster: boolean;
+  readonly advertiseEndpoint: string;
+  readonly registryNamespace: string;
+  readonly shutdownGraceSeconds: number;
+}
+
+type Kind = 'string' | 'int' | 'bool';
+
+interface FlagSpec {
+  readonly key: keyof Config;
+  readonly kind: Kind;
+  readonly def: string | number | boolean;
+  readonly help: string;
+}
+
+const GiB = 1024 ** 3;
+
+export const FLAGS: Readonly<Record<string, FlagSpec>> = {
+  endpoint: {
+    key: 'endpoint',
+    kind: 'string',
+    def: 'unix:///run/loopsnap/csi.sock',
+    help: 'CSI unix socket for kubelet, sidecars and csi-sanity (unix:///path)',
+  },
+  'tcp-endpoint': {
+    key: 'tcpEndpoint',
+    kind: 'string',
+    def: '',
+    help: 'host:port of the mutual-TLS endpoint the loopsnap controller dials (Identity, Controller, SnapshotMetadata); empty = off',
+  },
+  'tls-cert-file': { key: 'tlsCertFile', kind: 'string', def: '', help: 'server certificate (PEM) of --tcp-endpoint' },
+  'tls-key-file': { key: 'tlsKeyFile', kind: 'string', def: '', help: 'private key (PEM) of --tls-cert-file' },
+  'tls-client-ca-file': {
+    key: 'tlsClientCaFile',
+    kind: 'string',
+    def: '',
+    help: 'CA (PEM) that signs client certificates; clients without one are refused',
+  },
+  'insecure-tcp': {
+    key: 'insecureTcp',
+    kind: 'bool',
+    def: false,
+    help: 'serve --tcp-endpoint without TLS (local development only)',
+  },
+  'node-id': { key: 'nodeId', kind: 'string', def: '', help: "this node's name (required; the Kubernetes node name)" },
+  'driver-name': { key: 'driverName', kind: 'string', def: 'csi.loopsnap.dev', help: 'CSI driver name' },
+  'state-dir': {
+    key: 'stateDir',
+    kind: 'string',
+    def: '/var/lib/loopsnap',
+    help: 'directory of volumes, snapshots, driver state and the FUSE mount',
+  },
+  'http-endpoint': {
+    key: 'httpEndpoint',
+    kind: 'string',
+    def: '',
+    help: 'host:port for /metrics, /healthz and /readyz; empty = off',
+  },
+  'metrics-path': { key: 'metricsPath', kind: 'string', def: '/metrics', help: 'HTTP path of the metrics' },
+  'log-level': { key: 'logLevel', kind: 'string', def: 'info', help: 'trace, debug, info, warn or error' },
+  'max-volumes-per-node': {
+    key: 'maxVolumesPerNode',
+    kind: 'int',
+    def: 0,
+    help: 'NodeGetInfo max_volumes_per_node; 0 = no limit reported',
+  },
+  'default-fs-type': {
+    key: 'defaultFsType',
+    kind: 'string',
+    def: 'ext4',
+    help: 'file system when none is asked for (ext4, xfs)',
+  },
+  'block-size-bytes': {
+    key: 'blockSizeBytes',
+    kind: 'int',
+    def: 4096,
+    help: 'engine block size of new volumes, bytes',
+  },
+  'granule-blocks': {
+    key: 'granuleBlocks',
+    kind: 'int',
+    def: 1,
+    help: 'blocks per meta bit map granule of new volumes',
+  },
+  'default-volume-size-bytes': {
+    key: 'defaultVolumeSizeBytes',
+    kind: 'int',
+    def: GiB,
+    help: 'size of volumes created without required_bytes, bytes',
+  },
+  'min-volume-size-bytes': { key: 'minVolumeSizeBytes', kind: 'int', def: 1024 * 1024, help: 'smallest volume, bytes' },
+  'max-volume-size-bytes': {
+    key: 'maxVolumeSizeBytes',
+    kind: 'int',
+    def: 16 * 1024 * GiB,
+    help: 'largest volume, bytes',
+  },
+  'save-quota-bytes': {
+    key: 'saveQuotaBytes',
+    kind: 'int',
+    def: 0,
+    help: 'save pool quota per volume, bytes; 0 = grow until the disk is full',
+  },
+  'fuse-workers': { key: 'fuseWorkers', kind: 'int', def: 2, help: 'data-path worker threads' },
+  kubeconfig: {
+    key: 'kubeconfig',
+    kind: 'string',
+    def: '',
+    help: 'kubeconfig for the node registry Lease; empty = no registry unless --in-cluster',
+  },
+  'in-cluster': {
+    key: 'inCluster',
+    kind: 'bool',
+    def: false,
+    help: "use the pod's service account for the node registry",
+  },
+  'advertise-endpoint': {
+    key: 'advertiseEndpoint',
+    kind: 'string',
+    def: '',
+    help: 'host:port the controller should dial, published in the node Lease (default --tcp-endpoint)',
+  },
+  'registry-namespace': {
+    key: 'registryNamespace',
+    kind: 'string',
+    def: DEFAULT_REGISTRY_NAMESPACE,
+    help: 'namespace of the node registry Leases',
+  },
+  'shutdown-grace-seconds': {
+    key: 'shutdownGraceSeconds',
+    kind: 'int',
+    def: 10,
+    help: 'on SIGTERM, seconds to let calls in flight finish',
+  },
+};
+
+export class ConfigError extends Error {}
+
+export function helpText(): string {
+  const lines = ['Usage: loopsnap-node [flags]', ''];
+  for (const [name, f] of Object.entries(FLAGS)) {
+    const def = f.def === '' ? '' : ` (default ${String(f.def)})`;
+    lines.push(`  --${name}${f.kind === 'bool' ? '' : ' <value>'}`, `      ${f.help}${def}`);
+  }
+  return lines.join('\n');
+}
+
+function parseValue(name: string, spec: FlagSpec, raw: string): string | number | boolean {
+  if (spec.kind === 'string') return raw;
+  if (spec.kind === 'bool') {
+    if (raw === 'true') return true;
+    if (raw === 'false') return false;
+    throw new ConfigError(`--${name} must be true or false, got ${JSON.stringify(raw)}`);
+  }
+  const n = Number(raw);
+  if (raw.trim() === '' || !Number.isSafeInteger(n) || n < 0) {
+    throw new ConfigError(`--${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
+  }
+  return n;
+}
+
+function isPow2(n: number): boolean {
+  return n > 0 && (n & (n - 1)) === 0;
+}
+
+/** Parses node plugin flags; throws ConfigError with a one-line reason. `--help` is the caller's business. */
+export function parseConfig(argv: readonly string[]): Config {
+  const values: Record<string, string | number | boolean> = {};
+  for (const f of Object.values(FLAGS)) values[f.key] = f.def;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (!arg.startsWith('--')) throw new ConfigError(`unexpected argument ${JSON.stringify(arg)}`);
+    const eq = arg.indexOf('=');
+    const name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+    const spec = FLAGS[name];
+    if (!spec) throw new ConfigError(`unknown flag --${name} (see --help)`);
+    let raw: string;
+    if (eq >= 0) raw = arg.slice(eq + 1);
+    else if (spec.kind === 'bool') raw = 'true';
+    else {
+      const next = argv[++i];
+      if (next === undefined) throw new ConfigError(`--${name} needs a value`);
+      raw = next;
+    }
+    values[spec.key] = parseValue(name, spec, raw);
+  }
+  const c = values as unknown as Config;
+  validate(c);
+  return Object.freeze({ ...c });
+}
+
+function validate(c: Config): void {
+  if (c.nodeId === '') throw new ConfigError('no node id provided (--node-id)');
+  if (!/^unix:\/\/\/.+/.test(c.endpoint)) throw new ConfigError(`--endpoint must be unix:///path, got ${c.endpoint}`);
+  if (c.stateDir === '' || !c.stateDir.startsWith('/')) throw new ConfigError('--state-dir must be an absolute path');
+  if (!/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/.test(c.driverName)) {
+    throw new ConfigError(`--driver-name ${JSON.stringify(c.driverName)} is not a valid CSI driver name`);
+  }
+  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(c.logLevel)) {
+    throw new ConfigError(`--log-level ${c.logLevel} is not one of trace, debug, info, warn, error`);
+  }
+  if (!['ext4', 'xfs'].includes(c.defaultFsType)) throw new ConfigError('--default-fs-type must be ext4 or xfs');
+  if (!isPow2(c.blockSizeBytes) || c.blockSizeBytes < 512 || c.blockSizeBytes > 1024 * 1024) {
+    throw new ConfigError('--block-size-bytes must be a power of two between 512 and 1048576');
+  }
+  if (!isPow2(c.granuleBlocks)) throw new ConfigError('--granule-blocks must be a power of two');
+  if (c.minVolumeSizeBytes > c.maxVolumeSizeBytes) {
+    throw new ConfigError('--min-volume-size-bytes exceeds --max-volume-size-bytes');
+  }
+  if (c.fuseWorkers < 1 || c.fuseWorkers > 64) throw new ConfigError('--fuse-workers must be between 1 and 64');
+  if (c.tcpEndpoint !== '') {
+    if (!/^(\[[^\]]+\]|[^:]*):\d+$/.test(c.tcpEndpoint)) throw new ConfigError('--tcp-endpoint must be host:port');
+    const tls = [c.tlsCertFile, c.tlsKeyFile, c.tlsClientCaFile];
+    if (!c.insecureTcp && tls.some((f) => f === '')) {
+      throw new ConfigError(
+        '--tcp-endpoint needs --tls-cert-file, --tls-key-file and --tls-client-ca-file (or --insecure-tcp for local development)',
+      );
+    }
+  }
+  if ((c.kubeconfig !== '' || c.inCluster) && c.tcpEndpoint === '' && c.advertiseEndpoint === '') {
+    throw new ConfigError('the node registry (--kubeconfig/--in-cluster) needs --tcp-endpoint or --advertise-endpoint');
+  }
+}
+
+/** The unix socket path of `--endpoint`. */
+export function socketPath(c: Config): string {
+  return c.endpoint.slice('unix://'.length);
+}

@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: Apache-2.0
+// Snapshot operations: create (the cut, frozen when the volume's file system is mounted), delete, list, get.
+// A snapshot is an entry in its source volume's engine queue, tagged with the CSI snapshot id; the record
+// (phase creating -> ready) makes the pair crash-safe: recovery.ts completes a `creating` record whose tagged
+// engine snapshot exists and drops it otherwise.
+import { CsiError } from '../errors.js';
+import { isSnapshotId, isVolumeId, newSnapshotId } from '../state/ids.js';
+import { RECORD_VERSION, type SnapshotRecord } from '../state/records.js';
+import type { DriverContext } from './context.js';
+import { snapshotKey, snapshotNameKey, volumeKey } from './locks.js';
+import { type Page, paginate } from './pagination.js';
+import { parseSnapshotParameters, persistedParameters } from './parameters.js';
+import { settleCreatingSnapshot } from './recovery.js';
+
+export interface CreateSnapshotInput {
+  readonly name: string;
+  readonly sourceVolumeId: string;
+  readonly parameters: Record<string, string>;
+}
+
+export interface ListSnapshotsInput {
+  readonly snapshotId: string;
+  readonly sourceVolumeId: string;
+  readonly maxEntries: number;
+  readonly startingToken: string;
+}
+
+export class SnapshotService {
+  constructor(private readonly d: DriverContext) {}
+
+  async create(input: CreateSnapshotInput): Promise<SnapshotRecord> {
+    const { method } = parseSnapshotParameters(input.parameters);
+    if (method === 'clone' && !this.d.backend.features.cloneImages) {
+      throw new CsiError(
+        'CSI_ERR_UNIMPLEMENTED',
+        'snapshot method "clone" needs the engine\'s independent images (engine issue 4); use save-volume or meta-bitmap',
+      );
+    }
+    return this.d.locks.run('CreateSnapshot', [snapshotNameKey(input.name)], async () => {
+      let existing = this.d.state.snapshotByName(input.name);
+      if (existing?.phase === 'creating' && existing.sourceVolumeId === input.sourceVolumeId) {
+        // An earlier cut whose record update failed: complete it from the engine, or drop it and cut anew.
+        existing = (await settleCreatingSnapshot(this.d, existing)) ? this.get(existing.snapshotId) : undefined;
+      }
+      if (existing) {
+        if (existing.sourceVolumeId !== input.sourceVolumeId || existing.method !== method) {
+          throw new CsiError(
+            'CSI_ERR_NAME_CONFLICT',
+            `snapshot ${JSON.stringify(input.name)} already exists as ${existing.snapshotId} of volume ${existing.sourceVolumeId} (method ${existing.method})`,
+          );
+        }
+        if (existing.phase !== 'ready') {
+          throw new CsiError('CSI_ERR_BUSY', `snapshot ${existing.snapshotId} is ${existing.phase}; retry`);
+        }
+        return existing;
+      }
+      const vol = this.d.state.volume(input.sourceVolumeId);
+      if (!vol || vol.phase !== 'ready') {
+        throw new CsiError('CSI_ERR_VOLUME_NOT_FOUND', `source volume ${input.sourceVolumeId} does not exist`);
+      }
+      return this.d.locks.run('CreateSnapshot', [volumeKey(vol.volumeId)], () => this.cut(input, method));
+    });
+  }
+
+  /** Deletes a snapshot; success when it does not exist. */
+  async delete(snapshotId: string): Promise<void> {
+    const rec = this.d.state.snapshot(snapshotId);
+    if (!rec) return;
+    await this.d.locks.run('DeleteSnapshot', [snapshotKey(snapshotId), volumeKey(rec.sourceVolumeId)], async () => {
+      const cur = this.d.state.snapshot(snapshotId);
+      if (!cur) return;
+      const users = this.d.state
+        .volumes()
+        .filter(
+          (v) =>
+            v.origin.kind === 'rw-clone' &&
+            v.origin.baseVolumeId === cur.sourceVolumeId &&
+            v.origin.engineSnapshotId === cur.engineSnapshotId,
+        );
+      if (users.length > 0) {
+        throw new CsiError(
+          'CSI_ERR_IN_USE',
+          `snapshot ${snapshotId} is the base of volume(s) ${users.map((v) => v.volumeId).join(', ')}`,
+        );
+      }
+      await this.d.state.putSnapshot({ ...cur, phase: 'deleting' });
+      if (cur.engineSnapshotId >= 0) await this.d.backend.deleteSnapshot(cur.sourceVolumeId, cur.engineSnapshotId);
+      await this.d.state.removeSnapshot(snapshotId);
+      this.d.log.info({ snapshotId, sourceVolumeId: cur.sourceVolumeId, name: cur.name }, 'Deleted snapshot');
+    });
+  }
+
+  /** The ready record of `snapshotId`; NOT_FOUND otherwise. */
+  get(snapshotId: string): SnapshotRecord {
+    const rec = isSnapshotId(snapshotId) ? this.d.state.snapshot(snapshotId) : undefined;
+    if (!rec || rec.phase !== 'ready') {
+      throw new CsiError('CSI_ERR_SNAPSHOT_NOT_FOUND', `snapshot ${snapshotId} does not exist`, {
+        details: { snapshotId },
+      });
+    }
+    return rec;
+  }
+
+  list(input: ListSnapshotsInput): Page<SnapshotRecord> {
+    let items = this.d.state.snapshots().filter((s) => s.phase === 'ready');
+    if (input.snapshotId !== '') items = items.filter((s) => s.snapshotId === input.snapshotId);
+    if (input.sourceVolumeId !== '') items = items.filter((s) => s.sourceVolumeId === input.sourceVolumeId);
+    return paginate(items, (s) => s.snapshotId, {
+      maxEntries: input.maxEntries,
+      startingToken: input.startingToken,
+      validToken: isSnapshotId,
+    });
+  }
+
+  private async cut(
+    input: CreateSnapshotInput,
+    method: 'save-volume' | 'meta-bitmap' | 'clone',
+  ): Promise<SnapshotRecord> {
+    const vol = this.d.state.volume(input.sourceVolumeId);
+    if (!vol || !isVolumeId(vol.volumeId)) {
+      throw new CsiError('CSI_ERR_VOLUME_NOT_FOUND', `source volume ${input.sourceVolumeId} does not exist`);
+    }
+    if (method === 'clone') throw new CsiError('CSI_ERR_UNIMPLEMENTED', 'snapshot method "clone" is not available');
+    const rec: SnapshotRecord = {
+      version: RECORD_VERSION,
+      snapshotId: newSnapshotId(),
+      name: input.name,
+      sourceVolumeId: vol.volumeId,
+      method,
+      engineSnapshotId: -1,
+      sizeBytes: vol.capacityBytes,
+      createdAt: Date.now(),
+      readyToUse: false,
+      parameters: persistedParameters(input.parameters),
+      phase: 'creating',
+    };
+    await this.d.state.putSnapshot(rec);
+    const mountpoint = vol.stage?.accessType === 'mount' ? vol.stage.stagingPath : undefined;
+    let ready: SnapshotRecord;
+    try {
+      const snap = await this.d.backend.createSnapshot(vol.volumeId, {
+        method,
+        tag: rec.snapshotId,
+        ...(mountpoint === undefined ? {} : { mountpoint }),
+      });
+      ready = {
+        ...rec,
+        engineSnapshotId: snap.engineSnapshotId,
+        sizeBytes: snap.sizeBytes,
+        createdAt: snap.createdAt,
+        readyToUse: true,
+        phase: 'ready',
+      };
+    } catch (err) {
+      await this.d.state.removeSnapshot(rec.snapshotId).catch((e: unknown) => {
+        this.d.log.error({ err: e, snapshotId: rec.snapshotId }, 'Failed to remove the record of a failed snapshot');
+      });
+      throw err;
+    }
+    await this.d.state.putSnapshot(ready);
+    this.d.log.info(
+      { snapshotId: ready.snapshotId, sourceVolumeId: vol.volumeId, method, frozen: mountpoint !== undefined },
+      'Created snapshot',
+    );
+    return ready;
+  }
+}

@@ -1,0 +1,281 @@
+// SPDX-License-Identifier: Apache-2.0
+// Controller-side volume operations: create (empty, from a snapshot, from a volume), delete, expand.
+// Order in every mutating call (conventions #11): the gRPC layer has checked required fields; here come
+// parameter and capability checks, then the lock, then idempotency by name, then the change.
+//
+// Create is crash-safe: the record is written with phase `creating` before the engine volume exists and set
+// to `ready` after it is complete (recovery.ts rolls `creating` back). Restore and clone copy the source's
+// allocated extents into the new volume while thin RW clones (engine issue 4) are unavailable.
+import { CsiError } from '../errors.js';
+import type { CapacityRange, TopologyRequirement, VolumeCapability } from '../grpc/csi-types.js';
+import { newVolumeId } from '../state/ids.js';
+import {
+  type AccessType,
+  type ContentSource,
+  RECORD_VERSION,
+  type SnapshotRecord,
+  type VolumeOrigin,
+  type VolumeRecord,
+} from '../state/records.js';
+import { HIDDEN_CLONE_TAG_PREFIX } from './backend.js';
+import { accessModeOf, accessTypeOf, capabilitiesProblem, fsTypeOf } from './capabilities.js';
+import { capacityFits, resolveCapacity } from './capacity.js';
+import type { DriverContext } from './context.js';
+import { snapshotKey, volumeKey, volumeNameKey } from './locks.js';
+import { parseVolumeParameters, persistedParameters } from './parameters.js';
+
+export interface CreateVolumeInput {
+  readonly name: string;
+  readonly capacityRange: CapacityRange | null;
+  readonly capabilities: readonly VolumeCapability[];
+  readonly parameters: Record<string, string>;
+  readonly contentSource: ContentSource | null;
+  readonly accessibility: TopologyRequirement | null;
+}
+
+type Undo = () => Promise<void>;
+
+export class VolumeService {
+  constructor(private readonly d: DriverContext) {}
+
+  async create(input: CreateVolumeInput, signal?: AbortSignal): Promise<VolumeRecord> {
+    parseVolumeParameters(input.parameters);
+    const capProblem = capabilitiesProblem(input.capabilities);
+    if (capProblem) throw new CsiError('CSI_ERR_UNSUPPORTED_CAPABILITY', capProblem);
+    this.checkTopology(input.accessibility);
+    const sizeBytes = resolveCapacity(input.capacityRange, this.d.options.capacity);
+    const accessTypes = [...new Set(input.capabilities.map((c) => accessTypeOf(c) as AccessType))].sort();
+    const fsTypes = [...new Set(input.capabilities.map(fsTypeOf).filter((f) => f !== ''))];
+    if (fsTypes.length > 1) {
+      throw new CsiError('CSI_ERR_UNSUPPORTED_CAPABILITY', `conflicting fs_type values ${fsTypes.join(', ')}`);
+    }
+    const keys = [volumeNameKey(input.name)];
+    const src = input.contentSource;
+    if (src?.kind === 'volume') keys.push(volumeKey(src.volumeId));
+    if (src?.kind === 'snapshot') keys.push(snapshotKey(src.snapshotId));
+    return this.d.locks.run('CreateVolume', keys, async () => {
+      const existing = this.d.state.volumeByName(input.name);
+      if (existing) return this.existingFor(existing, input, accessTypes);
+      const source = this.resolveSource(src, sizeBytes);
+      const rec: VolumeRecord = {
+        version: RECORD_VERSION,
+        volumeId: newVolumeId(),
+        name: input.name,
+        capacityBytes: sizeBytes,
+        accessTypes,
+        accessModes: [...new Set(input.capabilities.map(accessModeOf))].sort(),
+        fsType: fsTypes[0] ?? '',
+        parameters: persistedParameters(input.parameters),
+        contentSource: src,
+        origin: { kind: src === null ? 'empty' : 'copy' } as VolumeOrigin,
+        createdAt: Date.now(),
+        phase: 'creating',
+        stage: null,
+        publish: {},
+      };
+      await this.build(rec, source, signal);
+      const ready: VolumeRecord = { ...rec, phase: 'ready' };
+      await this.d.state.putVolume(ready);
+      this.d.log.info({ volumeId: rec.volumeId, name: rec.name, sizeBytes, source: src }, 'Created volume');
+      return ready;
+    });
+  }
+
+  /** Deletes a volume; success when it does not exist. FAILED_PRECONDITION while staged or with snapshots. */
+  async delete(volumeId: string): Promise<void> {
+    if (!this.d.state.volume(volumeId)) return;
+    await this.d.locks.run('DeleteVolume', [volumeKey(volumeId)], async () => {
+      const rec = this.d.state.volume(volumeId);
+      if (!rec) return;
+      if (rec.stage || Object.keys(rec.publish).length > 0) {
+        throw new CsiError(
+          'CSI_ERR_IN_USE',
+          `volume ${volumeId} is ${rec.stage ? `staged at ${rec.stage.stagingPath}` : 'published'}; unstage it first`,
+        );
+      }
+      const snaps = this.d.state.snapshotsOf(volumeId).filter((s) => s.method !== 'clone');
+      if (snaps.length > 0) {
+        throw new CsiError(
+          'CSI_ERR_IN_USE',
+          `volume ${volumeId} has ${snaps.length} snapshot(s) (${snaps.map((s) => s.snapshotId).join(', ')}); delete them first`,
+        );
+      }
+      const dependants = this.d.state
+        .volumes()
+        .filter((v) => v.origin.kind === 'rw-clone' && v.origin.baseVolumeId === volumeId);
+      if (dependants.length > 0) {
+        throw new CsiError(
+          'CSI_ERR_IN_USE',
+          `volume ${volumeId} is the base of RW clone(s) ${dependants.map((v) => v.volumeId).join(', ')}`,
+        );
+      }
+      await this.d.state.putVolume({ ...rec, phase: 'deleting' });
+      await this.d.backend.deleteVolume(volumeId);
+      await this.d.state.removeVolume(volumeId);
+      this.d.log.info({ volumeId, name: rec.name }, 'Deleted volume');
+    });
+  }
+
+  /** Grows a volume to satisfy `range`; returns the new size. A smaller request returns the current size. */
+  async expand(volumeId: string, range: CapacityRange): Promise<{ capacityBytes: number; nodeExpansion: boolean }> {
+    const rec = this.get(volumeId);
+    const policy = { ...this.d.options.capacity, defaultBytes: rec.capacityBytes };
+    const wanted = resolveCapacity(range, policy);
+    if (wanted <= rec.capacityBytes) return { capacityBytes: rec.capacityBytes, nodeExpansion: false };
+    return this.d.locks.run('ControllerExpandVolume', [volumeKey(volumeId)], async () => {
+      const cur = this.get(volumeId);
+      if (cur.stage && !this.d.backend.features.onlineResize) {
+        throw new CsiError(
+          'CSI_ERR_IN_USE',
+          `volume ${volumeId} is staged at ${cur.stage.stagingPath}; this driver expands volumes offline only`,
+        );
+      }
+      await this.d.backend.resizeVolume(volumeId, wanted);
+      await this.d.state.putVolume({ ...cur, capacityBytes: wanted });
+      this.d.log.info({ volumeId, sizeBytes: wanted }, 'Expanded volume');
+      return { capacityBytes: wanted, nodeExpansion: true };
+    });
+  }
+
+  /** The ready record of `volumeId`; NOT_FOUND otherwise. */
+  get(volumeId: string): VolumeRecord {
+    const rec = this.d.state.volume(volumeId);
+    if (!rec || rec.phase !== 'ready') {
+      throw new CsiError('CSI_ERR_VOLUME_NOT_FOUND', `volume ${volumeId} does not exist`, { details: { volumeId } });
+    }
+    return rec;
+  }
+
+  list(): VolumeRecord[] {
+    return this.d.state.volumes().filter((v) => v.phase === 'ready');
+  }
+
+  // ----- internals --------------------------------------------------------------------------------------
+
+  private checkTopology(req: TopologyRequirement | null): void {
+    const requisite = req?.requisite ?? [];
+    if (requisite.length === 0) return;
+    if (!requisite.some((t) => this.d.isThisNode(t))) {
+      throw new CsiError(
+        'CSI_ERR_TOPOLOGY',
+        `accessibility requirements exclude node ${this.d.options.nodeId} (volumes are created on the node that serves the call)`,
+      );
+    }
+  }
+
+  private existingFor(existing: VolumeRecord, input: CreateVolumeInput, accessTypes: AccessType[]): VolumeRecord {
+    const problems: string[] = [];
+    if (existing.phase !== 'ready') problems.push(`it is ${existing.phase}`);
+    if (!capacityFits(existing.capacityBytes, input.capacityRange)) {
+      problems.push(`its capacity ${existing.capacityBytes} does not fit the requested range`);
+    }
+    if (JSON.stringify(existing.contentSource) !== JSON.stringify(input.contentSource)) {
+      problems.push('it has a different content source');
+    }
+    if (!accessTypes.every((t) => existing.accessTypes.includes(t))) problems.push('it has other access types');
+    if (problems.length > 0) {
+      throw new CsiError(
+        'CSI_ERR_NAME_CONFLICT',
+        `volume ${JSON.stringify(existing.name)} already exists as ${existing.volumeId}, but ${problems.join('; ')}`,
+      );
+    }
+    return existing;
+  }
+
+  private resolveSource(src: ContentSource | null, sizeBytes: number): SnapshotRecord | VolumeRecord | null {
+    if (src === null) return null;
+    if (src.kind === 'snapshot') {
+      const snap = this.d.state.snapshot(src.snapshotId);
+      if (!snap || snap.phase !== 'ready') {
+        throw new CsiError('CSI_ERR_SOURCE_NOT_FOUND', `source snapshot ${src.snapshotId} does not exist`);
+      }
+      if (!snap.readyToUse) throw new CsiError('CSI_ERR_NOT_READY', `source snapshot ${src.snapshotId} is not ready`);
+      if (snap.sizeBytes > sizeBytes) {
+        throw new CsiError(
+          'CSI_ERR_CAPACITY',
+          `requested ${sizeBytes} bytes is smaller than source snapshot ${src.snapshotId} (${snap.sizeBytes} bytes)`,
+        );
+      }
+      return snap;
+    }
+    const vol = this.d.state.volume(src.volumeId);
+    if (!vol || vol.phase !== 'ready') {
+      throw new CsiError('CSI_ERR_SOURCE_NOT_FOUND', `source volume ${src.volumeId} does not exist`);
+    }
+    if (vol.capacityBytes > sizeBytes) {
+      throw new CsiError(
+        'CSI_ERR_CAPACITY',
+        `requested ${sizeBytes} bytes is smaller than source volume ${src.volumeId} (${vol.capacityBytes} bytes)`,
+      );
+    }
+    return vol;
+  }
+
+  /** Makes the engine volume of `rec` and fills it from `source`; undoes everything on failure. */
+  private async build(
+    rec: VolumeRecord,
+    source: SnapshotRecord | VolumeRecord | null,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    const undo: Undo[] = [];
+    try {
+      await this.d.state.putVolume(rec);
+      undo.push(() => this.d.state.removeVolume(rec.volumeId));
+      await this.d.backend.createVolume(rec.volumeId, rec.capacityBytes);
+      undo.push(() => this.d.backend.deleteVolume(rec.volumeId));
+      if (source && 'snapshotId' in source) {
+        await this.copyFromSnapshot(source, rec.volumeId, signal);
+      } else if (source) {
+        await this.copyFromVolume(source, rec.volumeId, signal);
+      }
+    } catch (err) {
+      await rollback(undo, err);
+    }
+  }
+
+  private async copyFromSnapshot(snap: SnapshotRecord, dst: string, signal?: AbortSignal): Promise<void> {
+    if (snap.method === 'clone') {
+      throw new CsiError('CSI_ERR_UNIMPLEMENTED', 'restoring clone-method snapshots needs the engine images (issue 4)');
+    }
+    const { copiedBytes } = await this.d.backend.copySnapshotInto(
+      { volumeId: snap.sourceVolumeId, engineSnapshotId: snap.engineSnapshotId },
+      dst,
+      signal,
+    );
+    this.d.log.debug({ volumeId: dst, snapshotId: snap.snapshotId, copiedBytes }, 'Copied snapshot into volume');
+  }
+
+  /** Clone = a hidden meta-bitmap snapshot of the source (frozen when mounted), copied, then deleted. */
+  private async copyFromVolume(src: VolumeRecord, dst: string, signal?: AbortSignal): Promise<void> {
+    const mountpoint = src.stage?.accessType === 'mount' ? src.stage.stagingPath : undefined;
+    const hidden = await this.d.backend.createSnapshot(src.volumeId, {
+      method: 'meta-bitmap',
+      tag: `${HIDDEN_CLONE_TAG_PREFIX}${dst}`,
+      ...(mountpoint === undefined ? {} : { mountpoint }),
+    });
+    try {
+      const { copiedBytes } = await this.d.backend.copySnapshotInto(
+        { volumeId: src.volumeId, engineSnapshotId: hidden.engineSnapshotId },
+        dst,
+        signal,
+      );
+      this.d.log.debug({ volumeId: dst, sourceVolumeId: src.volumeId, copiedBytes }, 'Copied volume into volume');
+    } finally {
+      await this.d.backend.deleteSnapshot(src.volumeId, hidden.engineSnapshotId);
+    }
+  }
+}
+
+/** Runs `undo` in reverse and rethrows `err` (with the rollback failures attached when there are any). */
+export async function rollback(undo: Undo[], err: unknown): Promise<never> {
+  const failures: unknown[] = [];
+  for (const u of undo.reverse()) {
+    try {
+      await u();
+    } catch (e) {
+      failures.push(e);
+    }
+  }
+  if (failures.length === 0) throw err;
+  throw new AggregateError([err, ...failures], `${(err as Error).message} (and rolling back failed)`, { cause: err });
+}

@@ -1,0 +1,233 @@
+// SPDX-License-Identifier: Apache-2.0
+// The node plugin's entry point, and the only place that reads argv and the environment.
+//   start: flags -> Config; load driver state; start the storage backend (data-path cleanup of a dead
+//   predecessor, FUSE mount, engine volumes); reconcile state after a crash; serve gRPC on the unix socket
+//   (all CSI services) and on TCP with mutual TLS (Identity, Controller, SnapshotMetadata); serve metrics;
+//   register in the node registry Lease when Kubernetes access is configured.
+//   stop (SIGTERM/SIGINT): refuse new calls, let calls in flight finish (--shutdown-grace-seconds), release
+//   the Lease, close the engine volumes (flush + checkpoint) and unmount FUSE.
+// Exit codes: 0 after a clean stop, 1 when start-up fails, 2 for bad flags (one-line reason on stderr).
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import type { Server as HttpServer } from 'node:http';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { KubeConfig } from '@kubernetes/client-node';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { createLogger, type Logger } from '../../common/src/log.js';
+import { type Config, ConfigError, helpText, parseConfig, socketPath } from './config.js';
+import { DriverContext } from './driver/context.js';
+import { EngineBackend } from './driver/engine-backend.js';
+import { MetadataService } from './driver/metadata-service.js';
+import { NodeService } from './driver/node-service.js';
+import { recoverState } from './driver/recovery.js';
+import { SnapshotService } from './driver/snapshot-service.js';
+import { VolumeService } from './driver/volume-service.js';
+import { buildNodeServer, buildRemoteServer, listen, type ServerDeps, shutdown } from './grpc/server.js';
+import { mutualTlsCredentials } from './grpc/tls.js';
+import { DriverState } from './state/driver-state.js';
+import { CsiMetrics, startHttpEndpoint } from './metrics.js';
+import { type NodeLeaseHandle, startNodeLease } from './registry/node-lease.js';
+
+async function packageVersion(): Promise<string> {
+  const here = fileURLToPath(new URL('.', import.meta.url));
+  const root = here.includes('/dist/') ? join(here, '..', '..', '..') : join(here, '..', '..');
+  try {
+    return (JSON.parse(await readFile(join(root, 'package.json'), 'utf8')) as { version: string }).version;
+  } catch {
+    return '0.0.0-unknown';
+  }
+}
+
+async function removeStaleSocket(path: string): Promise<void> {
+  const s = await stat(path).catch(() => undefined);
+  if (!s) return;
+  if (!s.isSocket()) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
+  await rm(path, { force: true });
+}
+
+interface Running {
+  readonly config: Config;
+  readonly log: Logger;
+  setServing(on: boolean): void;
+  readonly servers: grpc.Server[];
+  readonly backend: EngineBackend;
+  http?: HttpServer;
+  lease?: NodeLeaseHandle;
+}
+
+async function start(config: Config, log: Logger): Promise<Running> {
+  const version = await packageVersion();
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  let serving = false;
+  const state = await DriverState.load(config.stateDir, log);
+  const backend = await EngineBackend.start(
+    {
+      stateDir: config.stateDir,
+      log,
+      blockSizeBytes: config.blockSizeBytes,
+      granuleBlocks: config.granuleBlocks,
+      workers: config.fuseWorkers,
+      saveQuotaBytes: config.saveQuotaBytes === 0 ? null : config.saveQuotaBytes,
+    },
+    state.volumes().map((v) => v.volumeId),
+  );
+  const running: Running = {
+    config,
+    log,
+    setServing: (on) => {
+      serving = on;
+    },
+    servers: [],
+    backend,
+  };
+  try {
+    const driver = new DriverContext(
+      {
+        driverName: config.driverName,
+        vendorVersion: version,
+        nodeId: config.nodeId,
+        maxVolumesPerNode: config.maxVolumesPerNode,
+        defaultFsType: config.defaultFsType,
+        capacity: {
+          defaultBytes: config.defaultVolumeSizeBytes,
+          alignBytes: config.blockSizeBytes,
+          minBytes: config.minVolumeSizeBytes,
+          maxBytes: config.maxVolumeSizeBytes,
+        },
+      },
+      state,
+      backend,
+      log,
+    );
+    await recoverState(driver, backend.storedVolumeIds());
+    const metrics = new CsiMetrics(registry, {
+      volumes: () => backend.volumeSamples(),
+      jobs: () => backend.jobSamples(),
+    });
+    const deps: ServerDeps = {
+      log,
+      metrics,
+      serving: () => serving,
+      driverName: config.driverName,
+      vendorVersion: version,
+      features: backend.features,
+      ready: () => serving && backend.healthy(),
+      driver,
+      volumes: new VolumeService(driver),
+      snapshots: new SnapshotService(driver),
+      node: new NodeService(driver),
+      metadata: new MetadataService(driver),
+    };
+    const sock = socketPath(config);
+    await mkdir(dirname(sock), { recursive: true });
+    await removeStaleSocket(sock);
+    const unixServer = buildNodeServer(deps);
+    running.servers.push(unixServer);
+    await listen(unixServer, config.endpoint, grpc.ServerCredentials.createInsecure());
+    let tcpPort: number | undefined;
+    if (config.tcpEndpoint !== '') {
+      const creds = config.insecureTcp
+        ? grpc.ServerCredentials.createInsecure()
+        : await mutualTlsCredentials({
+            certFile: config.tlsCertFile,
+            keyFile: config.tlsKeyFile,
+            clientCaFile: config.tlsClientCaFile,
+          });
+      if (config.insecureTcp)
+        log.warn({ tcpEndpoint: config.tcpEndpoint }, 'Serving TCP without TLS (development only)');
+      const tcpServer = buildRemoteServer(deps);
+      running.servers.push(tcpServer);
+      tcpPort = await listen(tcpServer, config.tcpEndpoint, creds);
+    }
+    if (config.httpEndpoint !== '') {
+      running.http = await startHttpEndpoint({
+        address: config.httpEndpoint,
+        registry,
+        log,
+        ready: () => serving && backend.healthy(),
+        metricsPath: config.metricsPath,
+      });
+    }
+    if (config.kubeconfig !== '' || config.inCluster) {
+      const kc = new KubeConfig();
+      if (config.inCluster) kc.loadFromCluster();
+      else kc.loadFromFile(config.kubeconfig);
+      const advertised =
+        config.advertiseEndpoint !== '' ? config.advertiseEndpoint : config.tcpEndpoint.replace(/:0$/, `:${tcpPort}`);
+      running.lease = await startNodeLease({
+        kc,
+        nodeId: config.nodeId,
+        endpoint: advertised,
+        capacityBytes: () => backend.availableBytes(),
+        version,
+        namespace: config.registryNamespace,
+        log,
+      });
+    }
+    serving = true;
+    log.info(
+      { endpoint: config.endpoint, tcpEndpoint: config.tcpEndpoint, tcpPort, nodeId: config.nodeId, version },
+      'Started node plugin',
+    );
+    return running;
+  } catch (err) {
+    await stop(running).catch((e: unknown) => log.error({ err: e }, 'Failed to stop after a failed start'));
+    throw err;
+  }
+}
+
+async function stop(r: Running): Promise<void> {
+  r.setServing(false);
+  const graceMs = r.config.shutdownGraceSeconds * 1000;
+  await Promise.all(r.servers.map((s) => shutdown(s, graceMs)));
+  await r.lease?.stop().catch((err: unknown) => r.log.warn({ err }, 'Failed to release the node Lease'));
+  await new Promise<void>((resolve) => (r.http ? r.http.close(() => resolve()) : resolve()));
+  await r.backend.close();
+  await rm(socketPath(r.config), { force: true });
+  r.log.info('Stopped node plugin');
+}
+
+async function main(argv: readonly string[]): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`${helpText()}\n`);
+    return;
+  }
+  let config: Config;
+  try {
+    config = parseConfig(argv);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`loopsnap-node: ${err.message}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const log = createLogger({ component: 'csi-node', level: config.logLevel });
+  let running: Running;
+  try {
+    running = await start(config, log);
+  } catch (err) {
+    log.fatal({ err }, 'Failed to start node plugin');
+    process.stderr.write(`loopsnap-node: ${(err as Error).message}\n`);
+    process.exitCode = 1;
+    return;
+  }
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'Stopping node plugin');
+    stop(running).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error({ err }, 'Failed to stop cleanly');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
+
+void main(process.argv.slice(2));
