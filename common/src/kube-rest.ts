@@ -144,7 +144,7 @@ export class KubeRest {
     await this.kc.applyToHTTPSOptions(authOpts);
     const url = new URL(this.server.toString().replace(/\/$/, '') + req.path);
     for (const [k, v] of Object.entries(req.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
-    const body = req.body === undefined ? undefined : Buffer.from(JSON.stringify(req.body));
+    const body = req.body === undefined ? undefined : Buffer.from(toJson(req.body));
     const headers: Record<string, string> = {
       accept: 'application/json',
       'user-agent': this.userAgent,
@@ -221,6 +221,19 @@ export class KubeRest {
       throw err;
     }
   }
+}
+
+const BIGINT_MARK = '\u0000bigint:';
+
+/** JSON with bigint values written as exact integers (int64 fields such as nanosecond timestamps). */
+export function toJson(value: unknown): string {
+  let sawBigint = false;
+  const text = JSON.stringify(value, (_k, v: unknown) => {
+    if (typeof v !== 'bigint') return v;
+    sawBigint = true;
+    return `${BIGINT_MARK}${v}`;
+  });
+  return sawBigint ? text.replace(/"\\u0000bigint:(-?\d+)"/g, '$1') : text;
 }
 
 function unreachable(req: KubeRequest, err: unknown): KubeApiError {

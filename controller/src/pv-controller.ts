@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: Apache-2.0
+// The PV controller: deletes the storage of PVs we provisioned according to their reclaim policy
+// (external-provisioner's deletion half). A Released PV with policy Delete gets DeleteVolume on its node,
+// then loses our finalizer and is deleted; a PV deleted by a user gets the same treatment for policy Delete
+// and is simply released for Retain. A volume the plugin refuses to delete yet (FAILED_PRECONDITION: it
+// still has snapshots or clones) keeps its PV, with an event, and is retried, also whenever a
+// VolumeSnapshotContent of that volume goes away.
+import { ControllerLoop, type ReconcileContext, type ReconcileResult } from './controller-base.js';
+import type { Deps } from './deps.js';
+import { ControllerError, ErrorCode, errorMessage } from './errors.js';
+import { Resources } from './kube/resources.js';
+import type { PersistentVolume } from './kube/types.js';
+import { ANN_PROVISIONED_BY, FIN_PV_PROVISIONER, Reason } from './names.js';
+import { nodeOfPv } from './snapshot-logic.js';
+
+export type PvAction =
+  | { readonly type: 'ignore' }
+  | { readonly type: 'done' }
+  | { readonly type: 'deleteVolume'; readonly thenDeleteObject: boolean }
+  | { readonly type: 'removeFinalizer' };
+
+/** Pure: what the PV needs. */
+export function decidePvAction(pv: PersistentVolume, driver: string): PvAction {
+  if (pv.spec.csi?.driver !== driver || pv.metadata.annotations?.[ANN_PROVISIONED_BY] !== driver)
+    return { type: 'ignore' };
+  const hasFin = pv.metadata.finalizers?.includes(FIN_PV_PROVISIONER) ?? false;
+  const policy = pv.spec.persistentVolumeReclaimPolicy ?? 'Delete';
+  const phase = pv.status?.phase;
+  if (pv.metadata.deletionTimestamp) {
+    if (!hasFin) return { type: 'done' };
+    if (policy !== 'Delete') return { type: 'removeFinalizer' };
+    if (phase === 'Bound') return { type: 'done' };
+    return { type: 'deleteVolume', thenDeleteObject: false };
+  }
+  if (phase === 'Released' && policy === 'Delete') return { type: 'deleteVolume', thenDeleteObject: true };
+  return { type: 'done' };
+}
+
+export class PvController {
+  readonly loop: ControllerLoop;
+
+  constructor(private readonly d: Deps) {
+    const s = d.settings;
+    this.loop = new ControllerLoop({
+      name: 'persistentvolume',
+      kind: 'PersistentVolume',
+      workers: Math.max(1, Math.ceil(s.workers / 2)),
+      retryIntervalStartMs: s.retryIntervalStartMs,
+      retryIntervalMaxMs: s.retryIntervalMaxMs,
+      log: d.log,
+      metrics: d.metrics,
+      reconcile: (key, ctx) => this.reconcile(key, ctx),
+    });
+    d.caches.pvs.onChange((pv, type) => {
+      if (type !== 'delete') this.loop.enqueue(pv.metadata.name);
+    });
+    d.caches.contents.onChange((content, type) => {
+      const handle = content.spec.source.volumeHandle;
+      if (type !== 'delete' || !handle) return;
+      for (const pv of d.caches.pvs.list())
+        if (pv.spec.csi?.volumeHandle === handle) this.loop.enqueue(pv.metadata.name);
+    });
+  }
+
+  enqueueAll(): void {
+    for (const pv of this.d.caches.pvs.list()) this.loop.enqueue(pv.metadata.name);
+  }
+
+  async reconcile(name: string, ctx: ReconcileContext): Promise<ReconcileResult> {
+    const log = ctx.log.child({ volumeName: name });
+    const pv = this.d.caches.pvs.get(name);
+    if (!pv) return {};
+    const action = decidePvAction(pv, this.d.settings.driverName);
+    const { kube, events } = this.d;
+    const R = Resources;
+    switch (action.type) {
+      case 'ignore':
+      case 'done':
+        return {};
+      case 'removeFinalizer':
+        await kube.setFinalizers(R.PersistentVolume, pv, [], [FIN_PV_PROVISIONER]);
+        return {};
+      case 'deleteVolume': {
+        const handle = pv.spec.csi?.volumeHandle as string;
+        try {
+          const node = nodeOfPv(pv);
+          if (!node)
+            throw new ControllerError(ErrorCode.InvalidSpec, `cannot tell which node holds volume "${handle}"`);
+          const info = this.d.nodes.requireReady(node);
+          await this.d.csi.get(node, info.endpoint).deleteVolume(handle);
+          log.info({ volumeHandle: handle, node }, 'Deleted volume');
+        } catch (err) {
+          events.record(R.PersistentVolume, pv, 'Warning', Reason.VolumeFailedDelete, errorMessage(err));
+          throw err;
+        }
+        const latest = this.d.caches.pvs.get(name) ?? pv;
+        if (latest.metadata.finalizers?.includes(FIN_PV_PROVISIONER)) {
+          await kube.setFinalizers(R.PersistentVolume, latest, [], [FIN_PV_PROVISIONER]);
+        }
+        if (action.thenDeleteObject) await kube.delete(R.PersistentVolume, pv.metadata, pv.metadata.uid);
+        return {};
+      }
+    }
+  }
+}

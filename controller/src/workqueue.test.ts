@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: Apache-2.0
+import { describe, expect, it } from 'vitest';
+import { WorkQueue } from './workqueue.js';
+
+const q = (start = 10, max = 80) => new WorkQueue({ retryIntervalStartMs: start, retryIntervalMaxMs: max });
+
+describe('WorkQueue', () => {
+  it('1-1 - de-duplicates keys that are queued', async () => {
+    const wq = q();
+    wq.add('a');
+    wq.add('b');
+    wq.add('a');
+    expect(wq.depth).toBe(2);
+    expect(await wq.get()).toBe('a');
+    expect(await wq.get()).toBe('b');
+    expect(wq.depth).toBe(0);
+  });
+
+  it('1-2 - never hands one key to two workers; a key re-added while processed comes back after done()', async () => {
+    const wq = q();
+    wq.add('a');
+    const k = await wq.get();
+    expect(k).toBe('a');
+    wq.add('a');
+    expect(wq.depth).toBe(0);
+    let second: string | undefined;
+    const p = wq.get().then((v) => {
+      second = v;
+    });
+    await new Promise((r) => setTimeout(r, 5));
+    expect(second).toBeUndefined();
+    wq.done('a');
+    await p;
+    expect(second).toBe('a');
+  });
+
+  it('1-3 - backs off exponentially per key, capped, and forget() resets', () => {
+    const wq = q(10, 80);
+    expect([1, 2, 3, 4, 5].map(() => wq.addRateLimited('k'))).toEqual([10, 20, 40, 80, 80]);
+    expect(wq.numRequeues('k')).toBe(5);
+    wq.forget('k');
+    expect(wq.addRateLimited('k')).toBe(10);
+    expect(wq.addRateLimited('other')).toBe(10);
+    wq.shutDown();
+  });
+
+  it('1-4 - addAfter keeps the earliest of several delays and then queues the key once', async () => {
+    const wq = q();
+    wq.addAfter('k', 200);
+    wq.addAfter('k', 20);
+    wq.addAfter('k', 100);
+    const t0 = Date.now();
+    expect(await wq.get()).toBe('k');
+    expect(Date.now() - t0).toBeLessThan(150);
+    wq.done('k');
+    await new Promise((r) => setTimeout(r, 250));
+    expect(wq.depth).toBe(0);
+  });
+
+  it('1-5 - shutDown releases waiting workers and refuses new keys', async () => {
+    const wq = q();
+    const p = wq.get();
+    wq.shutDown();
+    expect(await p).toBeUndefined();
+    wq.add('x');
+    expect(wq.depth).toBe(0);
+  });
+});
