@@ -161,6 +161,8 @@ export async function startHttpEndpoint(opts: HttpEndpointOptions): Promise<Serv
       resolve();
     });
   });
-  opts.log.info({ address: opts.address, metricsPath }, 'Serving metrics and health endpoints');
+  const bound = server.address();
+  const boundPort = typeof bound === 'object' && bound !== null ? bound.port : port;
+  opts.log.info({ address: opts.address, port: boundPort, metricsPath }, 'Serving metrics and health endpoints');
   return server;
 }

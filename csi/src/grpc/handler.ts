@@ -167,7 +167,7 @@ export function serverStream<Req, Res>(
         },
         (err: unknown) => {
           const e = finish(err ?? new Error('unknown error'));
-          if (!ctx.signal.aborted && e) call.destroy(e);
+          if (!ctx.signal.aborted && e) call.emit('error', e);
         },
       );
   };
