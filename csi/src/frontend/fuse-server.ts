@@ -4,17 +4,18 @@
 // (`live`) or by a handler on this thread (`remote`). See view-protocol.ts for the shared-memory contract.
 //
 // Threading: workers serve every request they can alone (pass-through and the live fast path); the rest
-// arrive here as WorkerCalls and are answered by writing the worker's call block. This thread must never
+// are handed off here (WorkerRequest); this thread runs them and writes their replies to /dev/fuse. It must never
 // block on I/O that goes through the mount (see mount/exec.ts): it would deadlock against its own workers.
-import { closeSync, existsSync, openSync, statSync, writeSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { closeSync, existsSync, constants as fsConstants, openSync, statSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import type { Logger } from '../../../common/src/log.js';
 import { MountError } from '../mount/errors.js';
-import { FUSE_MAX_IO_BYTES, FUSE_REQUEST_HEADROOM_BYTES, FUSE_ROOT_ID, OUT_HEADER_BYTES } from './fuse-abi.js';
-import { encodeNotifyInvalEntry } from './fuse-codec.js';
+import { Errno, FUSE_MAX_IO_BYTES, FUSE_ROOT_ID, OUT_HEADER_BYTES, WRITE_OUT_BYTES } from './fuse-abi.js';
+import { encodeNotifyInvalEntry, encodeOutHeader, encodeWriteOut } from './fuse-codec.js';
 import {
   abortFuseConnection,
   closeFuseDevice,
@@ -23,11 +24,8 @@ import {
   openFuseDevice,
   unmountFuse,
 } from './fuse-mount.js';
-import { errnoOf } from './fuse-session.js';
+import { DIRECT_PROBE_SPAN_BYTES, errnoOf } from './fuse-session.js';
 import {
-  CALL_RESULT,
-  CALL_STATE,
-  CALL_WORDS,
   CTL_BUSY,
   CTL_GATE,
   CTL_OPENS,
@@ -37,7 +35,7 @@ import {
   VIEW_ACTIVE,
   VIEW_REMOVED,
   type ViewDescriptor,
-  type WorkerCall,
+  type WorkerRequest,
   type WorkerControl,
   type WorkerInit,
   type WorkerMessage,
@@ -94,6 +92,8 @@ export interface FuseServerOptions {
   readonly entryValidSec?: number;
   readonly attrValidSec?: number;
   readonly parallelDirectWrites?: boolean;
+  /** Serve sector-aligned reads of file and live views with O_DIRECT (default true). */
+  readonly directReads?: boolean;
   readonly initTimeoutMs?: number;
 }
 
@@ -101,9 +101,6 @@ interface WorkerSlot {
   readonly index: number;
   worker: Worker;
   port: MessagePort;
-  readonly call: Int32Array;
-  readonly inBuf: Uint8Array;
-  readonly outBuf: Uint8Array;
   readonly init: WorkerInit;
   exited: boolean;
 }
@@ -112,6 +109,8 @@ interface ExposedView {
   readonly d: ViewDescriptor;
   readonly ctl: Int32Array;
   readonly spec: ViewSpec;
+  /** Handed-off requests of this view not yet answered (shared by every ExposedView of one node id). */
+  readonly pending: { count: number };
 }
 
 const VIEW_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,199}$/;
@@ -133,6 +132,7 @@ export class FuseServer {
   private readonly exitWaiters: Array<() => void> = [];
   private initWaiter: ((ok: boolean) => void) | undefined;
   private initialized = false;
+  private dioProbePath: string | null = null;
 
   private constructor(
     private readonly opts: FuseServerOptions,
@@ -161,6 +161,7 @@ export class FuseServer {
       throw err;
     }
     try {
+      if (opts.directReads !== false) server.dioProbePath = await writeDioProbe(dirname(opts.mountpoint));
       const n = Math.max(1, opts.workers ?? 4);
       for (let i = 0; i < n; i++) server.spawnWorker(i, script);
       await server.waitInit(opts.initTimeoutMs ?? 10_000);
@@ -194,6 +195,7 @@ export class FuseServer {
     const ctl = new Int32Array(ctlBuf);
     Atomics.store(ctl, CTL_STATE, VIEW_ACTIVE);
     let fd = -1;
+    let fdDirect = -1;
     let sizeBytes: number;
     if (spec.kind === 'file') {
       fd = openSync(spec.path, spec.readOnly ? 'r' : 'r+');
@@ -204,6 +206,7 @@ export class FuseServer {
     } else {
       sizeBytes = spec.sizeBytes;
     }
+    if (fd >= 0 && this.opts.directReads !== false) fdDirect = openDirect(spec.kind === 'remote' ? '' : spec.path);
     const blockSizeBytes = spec.kind === 'file' ? 4096 : spec.blockSizeBytes;
     const d: ViewDescriptor = {
       nodeId: this.nextNodeId++,
@@ -212,12 +215,13 @@ export class FuseServer {
       readOnly: spec.kind === 'live' ? false : spec.readOnly,
       sizeBytes,
       fd,
+      fdDirect,
       ctl: ctlBuf,
       blockShift: Math.log2(blockSizeBytes),
       engine: spec.kind === 'live' ? spec.fastPath() : null,
       mtimeSec: Math.floor(Date.now() / 1000),
     };
-    const v: ExposedView = { d, ctl, spec };
+    const v: ExposedView = { d, ctl, spec, pending: { count: 0 } };
     this.views.set(spec.name, v);
     this.byNode.set(d.nodeId, v);
     for (const s of this.slots) s.port.postMessage({ t: 'add', view: d } satisfies WorkerControl);
@@ -235,7 +239,7 @@ export class FuseServer {
     if (v === undefined) throw missing;
     if (v.spec.kind !== 'live') throw missing;
     const d: ViewDescriptor = { ...v.d, engine: v.spec.fastPath() };
-    const nv: ExposedView = { d, ctl: v.ctl, spec: v.spec };
+    const nv: ExposedView = { d, ctl: v.ctl, spec: v.spec, pending: v.pending };
     this.views.set(name, nv);
     this.byNode.set(d.nodeId, nv);
     for (const s of this.slots) s.port.postMessage({ t: 'update', view: d } satisfies WorkerControl);
@@ -260,8 +264,9 @@ export class FuseServer {
     Atomics.store(v.ctl, CTL_STATE, VIEW_REMOVED);
     this.views.delete(name);
     await waitZero(v.ctl, CTL_BUSY);
+    while (v.pending.count > 0) await new Promise((r) => setTimeout(r, 1));
     this.byNode.delete(v.d.nodeId);
-    if (v.d.fd >= 0) closeSync(v.d.fd);
+    closeViewFds(v.d);
     this.invalidateEntry(name);
     this.log.info({ view: name }, 'Removed view');
   }
@@ -304,9 +309,13 @@ export class FuseServer {
       await this.waitWorkersExit(5000);
     }
     for (const s of this.slots) if (!s.exited) await s.worker.terminate();
+    // Handed-off requests still running (their replies now fail harmlessly) must not see a closed fd reused.
+    for (let i = 0; i < 10_000 && [...this.byNode.values()].some((v) => v.pending.count > 0); i++) {
+      await new Promise((r) => setTimeout(r, 1));
+    }
     for (const v of this.views.values()) {
       Atomics.store(v.ctl, CTL_STATE, VIEW_REMOVED);
-      if (v.d.fd >= 0) closeSync(v.d.fd);
+      closeViewFds(v.d);
     }
     this.views.clear();
     this.byNode.clear();
@@ -319,20 +328,15 @@ export class FuseServer {
 
   private spawnWorker(index: number, script: string): void {
     const channel = new MessageChannel();
-    const inBuf = new SharedArrayBuffer(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES);
-    const outBuf = new SharedArrayBuffer(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES);
-    const callBuf = new SharedArrayBuffer(CALL_WORDS * 4);
     const init: WorkerInit = {
       index,
       fuseFd: this.fuseFd,
-      inBuf,
-      outBuf,
-      call: callBuf,
       maxWrite: FUSE_MAX_IO_BYTES,
       views: [...this.views.values()].map((v) => v.d),
       entryValidSec: this.opts.entryValidSec ?? 1,
       attrValidSec: this.opts.attrValidSec ?? 3600,
       parallelDirectWrites: this.opts.parallelDirectWrites ?? true,
+      dioProbePath: this.dioProbePath,
     };
     const worker = new Worker(script, {
       workerData: { ...init, port: channel.port2 },
@@ -343,14 +347,11 @@ export class FuseServer {
       index,
       worker,
       port: channel.port1,
-      call: new Int32Array(callBuf),
-      inBuf: new Uint8Array(inBuf),
-      outBuf: new Uint8Array(outBuf),
       init,
       exited: false,
     };
     this.slots[index] = slot;
-    worker.on('message', (m: WorkerMessage) => this.onWorkerMessage(slot, m));
+    worker.on('message', (m: WorkerMessage) => this.onWorkerMessage(m));
     worker.on('error', (err) => this.log.error({ err, worker: index }, 'Data-path worker failed'));
     worker.on('exit', (code) => {
       slot.exited = true;
@@ -363,7 +364,7 @@ export class FuseServer {
     });
   }
 
-  private onWorkerMessage(slot: WorkerSlot, m: WorkerMessage): void {
+  private onWorkerMessage(m: WorkerMessage): void {
     switch (m.t) {
       case 'ready':
         return;
@@ -381,46 +382,68 @@ export class FuseServer {
         this.log[m.level]({ worker: m.worker, ...m.fields }, m.msg);
         return;
       default:
-        void this.answer(slot, m);
+        void this.answer(m);
     }
   }
 
-  private async answer(slot: WorkerSlot, m: WorkerCall): Promise<void> {
-    let result: number;
-    try {
-      result = await this.execute(slot, m);
-    } catch (err) {
-      result = -errnoOf(err);
-      this.log.warn({ err, call: m.t, nodeId: m.nodeId }, 'Failed data-path call');
-    }
-    Atomics.store(slot.call, CALL_RESULT, result);
-    Atomics.store(slot.call, CALL_STATE, 1);
-    Atomics.notify(slot.call, CALL_STATE);
-  }
-
-  private async execute(slot: WorkerSlot, m: WorkerCall): Promise<number> {
+  /** Runs a handed-off request and writes its reply to the kernel. Never throws. */
+  private async answer(m: WorkerRequest): Promise<void> {
     const v = this.byNode.get(m.nodeId);
-    if (!v) return -2; // ENOENT
-    const spec = v.spec;
-    if (spec.kind === 'file') return -95; // EOPNOTSUPP: file views never call
+    if (!v) return this.reply(m, Errno.ENOENT);
+    v.pending.count++;
+    try {
+      const body = await this.execute(v.spec, m);
+      this.reply(m, 0, body);
+    } catch (err) {
+      this.log.warn(
+        { err, request: m.t, view: v.d.name, offset: 'offset' in m ? m.offset : undefined },
+        'Failed data-path request',
+      );
+      this.reply(m, errnoOf(err));
+    } finally {
+      v.pending.count--;
+    }
+  }
+
+  /** The reply body (header space included) for reads and writes; undefined for an empty body. */
+  private async execute(spec: ViewSpec, m: WorkerRequest): Promise<Uint8Array | undefined> {
+    if (spec.kind === 'file')
+      throw Object.assign(new Error('file views hand nothing off'), { errno: Errno.EOPNOTSUPP });
     switch (m.t) {
       case 'read': {
-        const dst = slot.outBuf.subarray(OUT_HEADER_BYTES, OUT_HEADER_BYTES + m.length);
+        const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + m.length);
+        const dst = out.subarray(OUT_HEADER_BYTES);
         if (spec.kind === 'live') {
           await spec.handler.read(m.offset, dst);
-          return m.length;
+          return out;
         }
-        return await spec.handler.read(m.offset, dst);
+        const n = await spec.handler.read(m.offset, dst);
+        return out.subarray(0, OUT_HEADER_BYTES + Math.min(n, m.length));
       }
-      case 'write':
-        await spec.handler.write(m.offset, slot.inBuf.subarray(m.dataOffset, m.dataOffset + m.length));
-        return 0;
+      case 'write': {
+        await spec.handler.write(m.offset, m.data);
+        const out = Buffer.alloc(OUT_HEADER_BYTES + WRITE_OUT_BYTES);
+        encodeWriteOut(new DataView(out.buffer, out.byteOffset, out.byteLength), OUT_HEADER_BYTES, m.data.length);
+        return out;
+      }
       case 'discard':
         await spec.handler.discard(m.offset, m.length);
-        return 0;
+        return undefined;
       case 'flush':
         await spec.handler.flush();
-        return 0;
+        return undefined;
+    }
+  }
+
+  /** Writes a reply for a handed-off request. ENOENT from the device means it was interrupted: ignored. */
+  private reply(m: WorkerRequest, errno: number, body?: Uint8Array): void {
+    const buf = errno === 0 && body ? body : Buffer.alloc(OUT_HEADER_BYTES);
+    const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    encodeOutHeader(dv, buf.byteLength, errno, m.uniqueLo, m.uniqueHi);
+    try {
+      writeSync(this.fuseFd, buf, 0, buf.byteLength);
+    } catch (err) {
+      if (errnoOf(err) !== Errno.ENOENT && !this.stopped) this.log.warn({ err }, 'Failed to write FUSE reply');
     }
   }
 
@@ -463,6 +486,30 @@ export class FuseServer {
       // ENOENT: the kernel had no cached entry.
     }
   }
+}
+
+/** A fully written, fsynced page-multiple file next to the mount point (see probeDirectPosition). */
+async function writeDioProbe(dir: string): Promise<string | null> {
+  const path = join(dir, '.loopsnap-dio-probe');
+  try {
+    await writeFile(path, randomBytes(2 * DIRECT_PROBE_SPAN_BYTES), { flush: true });
+    return path;
+  } catch {
+    return null;
+  }
+}
+
+function openDirect(path: string): number {
+  try {
+    return openSync(path, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
+  } catch {
+    return -1; // the backing file system refuses O_DIRECT: buffered reads only
+  }
+}
+
+function closeViewFds(d: ViewDescriptor): void {
+  if (d.fd >= 0) closeSync(d.fd);
+  if (d.fdDirect >= 0) closeSync(d.fdDirect);
 }
 
 /** Resolves once ctl[index] is 0 (polls; the main thread cannot Atomics.wait without stalling the loop). */

@@ -9,10 +9,9 @@ import {
   FUSE_REQUEST_HEADROOM_BYTES,
   InitFlag,
   Opcode,
-  OUT_HEADER_BYTES,
 } from './fuse-abi.js';
 import { frame, frames } from './fuse-frames.testing.js';
-import { FuseSession } from './fuse-session.js';
+import { FuseSession, probeDirectPosition } from './fuse-session.js';
 import { createSharedBitmap, fillBits } from './shared-bitmap.js';
 import {
   CTL_OPENS,
@@ -25,7 +24,7 @@ import {
   type EngineFastPath,
   VIEW_ACTIVE,
   type ViewDescriptor,
-  type WorkerCall,
+  type WorkerRequest,
 } from './view-protocol.js';
 
 /** Engine fast-path arrays as the engine would publish them (blocks of 4 KiB). */
@@ -51,10 +50,11 @@ interface Reply {
 function harness() {
   const files = new Map<number, Uint8Array>();
   const replies: Reply[] = [];
-  const calls: WorkerCall[] = [];
+  const calls: WorkerRequest[] = [];
+  const directReads: Array<{ offset: number; length: number; position: number }> = [];
   const inBuf = new Uint8Array(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES);
   const outBuf = new Uint8Array(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES);
-  let callResult = 0;
+  let mainErrno = 0;
   const session = new FuseSession({
     index: 0,
     dev: {
@@ -68,6 +68,14 @@ function harness() {
     },
     file: {
       pread(fd, buf, offset, length, position) {
+        if (fd >= 1000) {
+          // An O_DIRECT descriptor: the "kernel" accepts buffer positions at phase 96 of 512 only.
+          directReads.push({ offset, length, position });
+          if (offset % 512 !== 96 || length % 512 !== 0 || position % 512 !== 0) {
+            throw Object.assign(new Error('EINVAL'), { errno: -Errno.EINVAL });
+          }
+          fd -= 1000;
+        }
         const f = files.get(fd) as Uint8Array;
         const n = Math.max(0, Math.min(length, f.length - position));
         buf.set(f.subarray(position, position + n), offset);
@@ -79,9 +87,14 @@ function harness() {
       },
       fdatasync: () => undefined,
     },
-    call(msg) {
+    submit(msg) {
+      // Plays the main thread: record the hand-off and answer it.
       calls.push(msg);
-      return callResult;
+      replies.push({
+        unique: (BigInt(msg.uniqueHi) << 32n) | BigInt(msg.uniqueLo),
+        error: mainErrno === 0 ? 0 : -mainErrno,
+        body: new Uint8Array(),
+      });
     },
     control: () => undefined,
     emit: () => undefined,
@@ -90,6 +103,7 @@ function harness() {
     maxWrite: FUSE_MAX_IO_BYTES,
     timeouts: { entryValidSec: 1, attrValidSec: 60 },
     parallelDirectWrites: true,
+    directDataPosition: 96,
   });
   const send = (f: Uint8Array): Reply | undefined => {
     const before = replies.length;
@@ -108,6 +122,7 @@ function harness() {
       readOnly: false,
       sizeBytes: data?.length ?? 1 << 20,
       fd,
+      fdDirect: -1,
       ctl,
       blockShift: 12,
       engine: null,
@@ -122,9 +137,10 @@ function harness() {
     view,
     files,
     calls,
+    directReads,
     replies,
-    setCallResult: (r: number) => {
-      callResult = r;
+    setMainErrno: (e: number) => {
+      mainErrno = e;
     },
   };
 }
@@ -183,11 +199,14 @@ describe('FuseSession', () => {
     expect(t.calls).toHaveLength(0);
     expect((t.files.get(104) as Uint8Array)[3 * 4096]).toBe(1);
     expect(t.send(frames.write(4, 4, 3 * 4096 + 100, new Uint8Array(4096).fill(2)))?.error).toBe(0);
-    expect(t.calls).toEqual([
-      { t: 'write', worker: 0, nodeId: 4, offset: 3 * 4096 + 100, length: 4096, dataOffset: 80 },
-    ]);
+    expect(t.calls).toHaveLength(1);
+    expect(t.calls[0]).toMatchObject({ t: 'write', worker: 0, nodeId: 4, offset: 3 * 4096 + 100, uniqueLo: 4 });
+    const handed = t.calls[0] as Extract<WorkerRequest, { t: 'write' }>;
+    expect(handed.data.length).toBe(4096);
+    expect(handed.data.every((b) => b === 2)).toBe(true);
+    expect(handed.data.buffer.byteLength).toBe(4096); // a copy, not a view of the request buffer
     expect((t.files.get(104) as Uint8Array)[4 * 4096]).toBe(0); // the engine writes slow-path data
-    t.setCallResult(-Errno.EIO);
+    t.setMainErrno(Errno.EIO);
     expect(t.send(frames.write(6, 4, 8 * 4096, new Uint8Array(10)))?.error).toBe(-Errno.EIO);
     expect(Atomics.load(e.control, ENGINE_CTL_INFLIGHT)).toBe(0);
   });
@@ -221,9 +240,8 @@ describe('FuseSession', () => {
     expect(body.subarray(3 * 4096).every((b) => b === 0xaa)).toBe(true); // blocks 4-5
     expect(t.calls).toHaveLength(0);
     Atomics.store(e.control, ENGINE_CTL_FLAGS, 1);
-    t.setCallResult(4096);
     t.send(frames.read(4, 5, 0, 4096));
-    expect(t.calls).toEqual([{ t: 'read', worker: 0, nodeId: 5, offset: 0, length: 4096 }]);
+    expect(t.calls).toEqual([{ t: 'read', worker: 0, nodeId: 5, uniqueLo: 4, uniqueHi: 0, offset: 0, length: 4096 }]);
   });
 
   it('1-8 FALLOCATE: punch on a live view calls discard; on a file view EOPNOTSUPP; preallocate is a no-op', () => {
@@ -232,7 +250,9 @@ describe('FuseSession', () => {
     t.view({ nodeId: 7, name: 'file' }, new Uint8Array(8192));
     const punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
     expect(t.send(frames.fallocate(2, 6, 0, 1 << 20, punch))?.error).toBe(0);
-    expect(t.calls).toEqual([{ t: 'discard', worker: 0, nodeId: 6, offset: 0, length: 8192, mode: punch }]);
+    expect(t.calls).toEqual([
+      { t: 'discard', worker: 0, nodeId: 6, uniqueLo: 2, uniqueHi: 0, offset: 0, length: 8192, mode: punch },
+    ]);
     expect(t.send(frames.fallocate(4, 7, 0, 4096, punch))?.error).toBe(-Errno.EOPNOTSUPP);
     expect(t.send(frames.fallocate(6, 7, 0, 4096, 0))?.error).toBe(0);
     expect(t.send(frames.fallocate(8, 6, 0, 4096, 0x40))?.error).toBe(-Errno.EOPNOTSUPP);
@@ -247,6 +267,31 @@ describe('FuseSession', () => {
     expect(t.send(frames.interrupt(8, 2))).toBeUndefined();
     Atomics.store(ctl, CTL_STATE, 2);
     expect(t.send(frames.read(10, 8, 0, 10))?.error).toBe(-Errno.ENOENT);
+  });
+
+  it('1-10 O_DIRECT reads: aligned requests use the direct descriptor at a probed buffer position', () => {
+    const t = harness();
+    const data = Uint8Array.from({ length: 64 * 1024 }, (_, i) => (i * 13) & 0xff);
+    t.view({ nodeId: 9, name: 'd', fdDirect: 1109 }, data);
+    const r1 = t.send(frames.read(2, 9, 4096, 8192));
+    expect(Buffer.from(r1?.body ?? []).equals(Buffer.from(data.subarray(4096, 12288)))).toBe(true);
+    expect(t.directReads).toEqual([{ offset: 96, length: 8192, position: 4096 }]);
+    const before = t.directReads.length;
+    const r2 = t.send(frames.read(4, 9, 100, 1000)); // unaligned: buffered descriptor
+    expect(Buffer.from(r2?.body ?? []).equals(Buffer.from(data.subarray(100, 1100)))).toBe(true);
+    expect(t.directReads.length).toBe(before);
+  });
+
+  it.each([
+    { name: '1-11 probe finds the unique aligned phase', accept: (k: number) => k % 512 === 96, expected: 96 },
+    { name: '1-12 probe is inconclusive when every phase works (a hole)', accept: () => true, expected: -1 },
+    { name: '1-13 probe gives up when no phase works', accept: () => false, expected: -1 },
+  ])('$name', ({ accept, expected }) => {
+    const pread = (_fd: number, _b: Uint8Array, k: number, len: number): number => {
+      if (!accept(k)) throw Object.assign(new Error('EINVAL'), { errno: -Errno.EINVAL });
+      return len;
+    };
+    expect(probeDirectPosition(new Uint8Array(8192), 3, { pread })).toBe(expected);
   });
 
   it('2-1 fuzz: random and mutated frames never throw; each answerable frame gets exactly one reply', () => {
@@ -287,10 +332,10 @@ describe('FuseSession', () => {
     expect(t.session.stats.requests).toBeGreaterThan(0);
   });
 
-  it('2-2 a reply body never exceeds the reply buffer; READ sizes are capped', () => {
+  it('2-2 READ sizes are capped at the negotiated maximum', () => {
     const t = harness();
     t.view({ nodeId: 2, name: 'v' }, new Uint8Array(3 << 20));
     const r = t.send(frames.read(2, 2, 0, 0xffffffff));
-    expect(r?.body.length).toBe(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES - OUT_HEADER_BYTES);
+    expect(r?.body.length).toBe(FUSE_MAX_IO_BYTES); // max_read, whatever the kernel asks
   });
 });

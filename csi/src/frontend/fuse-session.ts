@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // One data-path worker's FUSE request loop: read a request from /dev/fuse, serve it, write the reply.
-// Everything here is synchronous (blocking syscalls in a worker thread); the only way out of the worker is a
-// blocking call into the main thread for the slow path (see view-protocol.ts).
+// Everything here is synchronous (blocking syscalls in a worker thread). What the worker cannot serve alone
+// it hands off to the main thread, which replies to the kernel (see view-protocol.ts).
 //
 // The file system has one directory (the root, node 1) holding one regular file per exposed view. Node ids
 // are handed out by the main thread and never reused; the file handle is the node id.
@@ -55,7 +55,7 @@ import {
   type EngineFastPath,
   VIEW_ACTIVE,
   type ViewDescriptor,
-  type WorkerCall,
+  type WorkerRequest,
   type WorkerControl,
   type WorkerEvent,
 } from './view-protocol.js';
@@ -77,8 +77,8 @@ export interface SessionDeps {
   readonly index: number;
   readonly dev: FuseDeviceIo;
   readonly file: FileIo;
-  /** Blocking call into the main thread; returns >= 0 or a negative errno. */
-  call(msg: WorkerCall): number;
+  /** Hands a request to the main thread (which will reply to the kernel); `transfer` moves write data. */
+  submit(msg: WorkerRequest, transfer?: ArrayBuffer[]): void;
   /** Next pending control message, if any (non-blocking). */
   control(): WorkerControl | undefined;
   emit(ev: WorkerEvent): void;
@@ -87,6 +87,11 @@ export interface SessionDeps {
   readonly maxWrite: number;
   readonly timeouts: CacheTimeouts;
   readonly parallelDirectWrites: boolean;
+  /**
+   * Position in outBuf where data of O_DIRECT reads goes (found by probeDirectPosition), or -1 / absent to
+   * serve reads buffered only.
+   */
+  readonly directDataPosition?: number;
   /** Bound on Atomics.wait while a view's gate is closed, in ms (the gate is re-checked after it). */
   readonly gateWaitMs?: number;
 }
@@ -98,6 +103,32 @@ interface ViewState {
   readonly blockBytes: number;
   /** Bytes per meta-bit-map granule (live views). */
   readonly granuleBytes: number;
+}
+
+/** O_DIRECT alignment asked of requests and buffers (the logical block size of common disks). */
+export const DIRECT_ALIGN_BYTES = 512;
+/** How far into outBuf the alignment probe looks (a page covers every 512-byte phase). */
+export const DIRECT_PROBE_SPAN_BYTES = 4096;
+const DIRECT_PROBE_READ_BYTES = 4096;
+
+/**
+ * Finds the first position >= OUT_HEADER_BYTES in `buf` whose address suits O_DIRECT, by reading a page of
+ * `probeFd` (an O_DIRECT descriptor of a fully written file, so no hole hides a misalignment) at every
+ * 16-byte phase: the kernel answers EINVAL for misaligned buffers, and Node cannot tell addresses. The
+ * answer must be unique among neighbouring phases, else -1 (buffered reads only).
+ */
+export function probeDirectPosition(buf: Uint8Array, probeFd: number, file: Pick<FileIo, 'pread'>): number {
+  const works = (k: number): boolean => {
+    try {
+      return file.pread(probeFd, buf, k, DIRECT_PROBE_READ_BYTES, 0) === DIRECT_PROBE_READ_BYTES;
+    } catch {
+      return false;
+    }
+  };
+  for (let k = OUT_HEADER_BYTES; k < OUT_HEADER_BYTES + DIRECT_PROBE_SPAN_BYTES; k += 16) {
+    if (works(k)) return works(k + 16) ? -1 : k;
+  }
+  return -1;
 }
 
 /** Marks a handler path that has answered its request (exactly one reply per answerable request). */
@@ -116,10 +147,13 @@ export class FuseSession {
   private readonly byName = new Map<string, number>();
   private stopping = false;
   private initDone = false;
+  /** Aligned data position for O_DIRECT reads in outBuf (>= OUT_HEADER_BYTES), or -1: buffered only. */
+  private directPos: number;
   /** Counters, reported for tests and logs. */
-  readonly stats = { requests: 0, malformed: 0, garbage: 0, slowCalls: 0, replyErrors: 0 };
+  readonly stats = { requests: 0, malformed: 0, garbage: 0, handedOff: 0, replyErrors: 0 };
 
   constructor(private readonly deps: SessionDeps) {
+    this.directPos = deps.directDataPosition ?? -1;
     this.inDv = new DataView(deps.inBuf.buffer, deps.inBuf.byteOffset, deps.inBuf.byteLength);
     this.outDv = new DataView(deps.outBuf.buffer, deps.outBuf.byteOffset, deps.outBuf.byteLength);
   }
@@ -352,26 +386,57 @@ export class FuseSession {
   }
 
   private onRead(h: RequestHeader, v: ViewState, offset: number, size: number): Sent {
-    const limit = Math.min(size, this.deps.outBuf.byteLength - OUT_HEADER_BYTES);
+    const limit = Math.min(size, this.deps.maxWrite);
     const n = offset >= v.d.sizeBytes ? 0 : Math.min(limit, v.d.sizeBytes - offset);
     if (n === 0) return this.replyOk(h, 0);
     if (v.d.kind === 'remote' || (v.engine && !readsDirect(v.engine))) {
-      this.stats.slowCalls++;
-      const r = this.deps.call({ t: 'read', worker: this.deps.index, nodeId: v.d.nodeId, offset, length: n });
-      return r < 0 ? this.replyError(h, -r) : this.replyOk(h, Math.min(r, n));
+      return this.handOff(h, { t: 'read', ...this.base(h, v), offset, length: n });
     }
-    if (v.engine) this.readLive(v, v.engine.meta, offset, n);
-    else this.preadFull(v.d.fd, OUT_HEADER_BYTES, n, offset);
-    return this.replyOk(h, n);
+    // O_DIRECT when the request is sector-aligned: no readahead (8 MiB on this machine's disk) and no second
+    // page cache under the loop device's own direct I/O. Data lands at an aligned position of the reply
+    // buffer with the reply header right before it.
+    const at = this.directPosition(v, offset, n);
+    if (at > 0) {
+      try {
+        this.readData(v, v.d.fdDirect, at, offset, n);
+        return this.replyData(h, at, n);
+      } catch (err) {
+        if (errnoOf(err) !== Errno.EINVAL) throw err;
+        this.directPos = -1; // this file system wants another alignment: stay buffered
+      }
+    }
+    this.readData(v, v.d.fd, OUT_HEADER_BYTES, offset, n);
+    return this.replyData(h, OUT_HEADER_BYTES, n);
+  }
+
+  private readData(v: ViewState, fd: number, at: number, offset: number, n: number): void {
+    if (v.engine) this.readLive(v, v.engine.meta, fd, at, offset, n);
+    else this.preadFull(fd, at, n, offset);
+  }
+
+  /** Position in outBuf for O_DIRECT data of this request, or -1 to read buffered. */
+  private directPosition(v: ViewState, offset: number, n: number): number {
+    if (v.d.fdDirect < 0 || offset % DIRECT_ALIGN_BYTES !== 0 || n % DIRECT_ALIGN_BYTES !== 0) return -1;
+    return this.directPos;
+  }
+
+  /** Replies with the n data bytes at outBuf[at, at+n); the header goes right before them. */
+  private replyData(h: RequestHeader, at: number, n: number): Sent {
+    const start = at - OUT_HEADER_BYTES;
+    const dv =
+      start === 0 ? this.outDv : new DataView(this.outDv.buffer, this.outDv.byteOffset + start, OUT_HEADER_BYTES);
+    encodeOutHeader(dv, OUT_HEADER_BYTES + n, 0, h.uniqueLo, h.uniqueHi);
+    this.sendFrom(start, OUT_HEADER_BYTES + n);
+    return SENT;
   }
 
   /** Reads [offset, offset+n) of a live view into outBuf: clone data for valid granules, zeros elsewhere. */
-  private readLive(v: ViewState, valid: Uint32Array, offset: number, n: number): void {
+  private readLive(v: ViewState, valid: Uint32Array, fd: number, base: number, offset: number, n: number): void {
     const gb = v.granuleBytes;
     const g0 = Math.floor(offset / gb);
     const g1 = Math.floor((offset + n - 1) / gb);
     if (allSet(valid, g0, g1)) {
-      this.preadFull(v.d.fd, OUT_HEADER_BYTES, n, offset);
+      this.preadFull(fd, base, n, offset);
       return;
     }
     let pos = offset;
@@ -383,8 +448,8 @@ export class FuseSession {
       while (runEnd < end && allSet(valid, Math.floor(runEnd / gb), Math.floor(runEnd / gb)) === isValid) {
         runEnd = Math.min(end, runEnd + gb);
       }
-      const at = OUT_HEADER_BYTES + (pos - offset);
-      if (isValid) this.preadFull(v.d.fd, at, runEnd - pos, pos);
+      const at = base + (pos - offset);
+      if (isValid) this.preadFull(fd, at, runEnd - pos, pos);
       else this.deps.outBuf.fill(0, at, at + (runEnd - pos));
       pos = runEnd;
     }
@@ -410,17 +475,8 @@ export class FuseSession {
     }
     if (v.d.kind !== 'file') {
       // Slow path: the main thread performs the whole write through the engine (COW, meta bit, data).
-      this.stats.slowCalls++;
-      const r = this.deps.call({
-        t: 'write',
-        worker: this.deps.index,
-        nodeId: v.d.nodeId,
-        offset,
-        length: size,
-        dataOffset,
-      });
-      if (r < 0) return this.replyError(h, -r);
-      return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
+      const data = new Uint8Array(this.deps.inBuf.subarray(dataOffset, dataOffset + size)); // a copy
+      return this.handOff(h, { t: 'write', ...this.base(h, v), offset, data }, [data.buffer as ArrayBuffer]);
     }
     this.pwriteFull(v.d.fd, dataOffset, size, offset);
     return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
@@ -446,11 +502,7 @@ export class FuseSession {
   /** FLUSH/FSYNC: for a live view the engine's flush covers the clone file (fast-path writes included). */
   private onSync(h: RequestHeader, v: ViewState): Sent {
     if (v.d.kind === 'file' && !v.d.readOnly) this.deps.file.fdatasync(v.d.fd);
-    if (v.d.kind !== 'file') {
-      this.stats.slowCalls++;
-      const r = this.deps.call({ t: 'flush', worker: this.deps.index, nodeId: v.d.nodeId });
-      if (r < 0) return this.replyError(h, -r);
-    }
+    if (v.d.kind !== 'file') return this.handOff(h, { t: 'flush', ...this.base(h, v) });
     return this.replyOk(h, 0);
   }
 
@@ -469,10 +521,18 @@ export class FuseSession {
     if (v.d.kind === 'file') return this.replyError(h, Errno.EOPNOTSUPP);
     if (offset >= v.d.sizeBytes || length === 0) return this.replyOk(h, 0);
     const len = Math.min(length, v.d.sizeBytes - offset);
-    this.stats.slowCalls++;
-    const r = this.deps.call({ t: 'discard', worker: this.deps.index, nodeId: v.d.nodeId, offset, length: len, mode });
-    if (r < 0) return this.replyError(h, -r);
-    return this.replyOk(h, 0);
+    return this.handOff(h, { t: 'discard', ...this.base(h, v), offset, length: len, mode });
+  }
+
+  private base(h: RequestHeader, v: ViewState) {
+    return { worker: this.deps.index, nodeId: v.d.nodeId, uniqueLo: h.uniqueLo, uniqueHi: h.uniqueHi };
+  }
+
+  /** The main thread now owns the reply of this request. */
+  private handOff(_h: RequestHeader, msg: WorkerRequest, transfer?: ArrayBuffer[]): Sent {
+    this.stats.handedOff++;
+    this.deps.submit(msg, transfer);
+    return SENT;
   }
 
   private preadFull(fd: number, at: number, n: number, position: number): void {
@@ -534,7 +594,11 @@ export class FuseSession {
   }
 
   private send(total: number): void {
-    const r = this.deps.dev.write(this.deps.outBuf, total);
+    this.sendFrom(0, total);
+  }
+
+  private sendFrom(start: number, total: number): void {
+    const r = this.deps.dev.write(start === 0 ? this.deps.outBuf : this.deps.outBuf.subarray(start), total);
     // ENOENT: the request was interrupted and is gone; nothing to do.
     if (r < 0 && r !== -Errno.ENOENT) {
       this.stats.replyErrors++;

@@ -1,20 +1,21 @@
 // SPDX-License-Identifier: Apache-2.0
 // Entry point of a data-path worker thread: blocking reads of /dev/fuse, synchronous pread/pwrite on the view
 // files, replies with blocking writes. Loaded from compiled JS (dist/) by fuse-server.ts.
-import { fdatasyncSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, constants as fsConstants, openSync, readSync, writeSync } from 'node:fs';
 import { type MessagePort, parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
-import { errnoOf, FuseSession } from './fuse-session.js';
-import { CALL_RESULT, CALL_STATE, type WorkerControl, type WorkerInit, type WorkerMessage } from './view-protocol.js';
+import { errnoOf, FuseSession, probeDirectPosition } from './fuse-session.js';
+import { FUSE_MAX_IO_BYTES, FUSE_REQUEST_HEADROOM_BYTES } from './fuse-abi.js';
+import { type WorkerControl, type WorkerInit, type WorkerMessage } from './view-protocol.js';
 
 function main(): void {
   const init = workerData as WorkerInit & { port: MessagePort };
   const port = init.port;
   const parent = parentPort;
   if (!parent) throw new Error('fuse-worker must run in a worker thread');
-  const post = (m: WorkerMessage): void => parent.postMessage(m);
-  const call = new Int32Array(init.call);
+  const post = (m: WorkerMessage, transfer?: ArrayBuffer[]): void => parent.postMessage(m, transfer);
   const fuseFd = init.fuseFd;
 
+  const outBuf = Buffer.allocUnsafeSlow(FUSE_MAX_IO_BYTES + 2 * FUSE_REQUEST_HEADROOM_BYTES);
   const session = new FuseSession({
     index: init.index,
     dev: {
@@ -39,19 +40,16 @@ function main(): void {
       pwrite: (fd, buf, offset, length, position) => writeSync(fd, buf, offset, length, position),
       fdatasync: (fd) => fdatasyncSync(fd),
     },
-    call(msg) {
-      Atomics.store(call, CALL_STATE, 0);
-      post(msg);
-      while (Atomics.load(call, CALL_STATE) === 0) Atomics.wait(call, CALL_STATE, 0, 5000);
-      return Atomics.load(call, CALL_RESULT);
-    },
+    submit: post,
     control() {
       const m = receiveMessageOnPort(port);
       return m ? (m.message as WorkerControl) : undefined;
     },
     emit: post,
-    inBuf: Buffer.from(init.inBuf),
-    outBuf: Buffer.from(init.outBuf),
+    inBuf: Buffer.allocUnsafeSlow(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES),
+    // Room for the largest read at an O_DIRECT-aligned position up to a page into the buffer.
+    outBuf,
+    directDataPosition: directPosition(init.dioProbePath, outBuf),
     maxWrite: init.maxWrite,
     timeouts: { entryValidSec: init.entryValidSec, attrValidSec: init.attrValidSec },
     parallelDirectWrites: init.parallelDirectWrites,
@@ -66,6 +64,19 @@ function main(): void {
   }
   port.close();
   post({ t: 'exit', worker: init.index, reason });
+}
+
+function directPosition(probePath: string | null, outBuf: Buffer): number {
+  if (probePath === null) return -1;
+  let fd = -1;
+  try {
+    fd = openSync(probePath, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
+    return probeDirectPosition(outBuf, fd, { pread: (f, b, o, l, p) => readSync(f, b, o, l, p) });
+  } catch {
+    return -1;
+  } finally {
+    if (fd >= 0) closeSync(fd);
+  }
 }
 
 main();

@@ -10,11 +10,11 @@
 // (main): GATE = 1, then wait until BUSY == 0. With sequentially consistent Atomics either the worker sees the
 // gate closed or the main thread sees it busy, so nothing enters the view while the gate is closed.
 //
-// Each worker has its own call block `call` (Int32Array [CALL_STATE, CALL_RESULT]) for blocking calls into
-// the main thread (the slow path): the worker stores CALL_STATE = 0, posts a WorkerCall, and Atomics.waits
-// until the main thread stores the result (>= 0 success value, < 0 negated errno) and CALL_STATE = 1.
-// Data for remote reads is placed by the main thread into the worker's reply buffer (a SharedArrayBuffer) at
-// OUT_HEADER_BYTES; data for remote writes is read from the worker's request buffer at `dataOffset`.
+// Slow path = hand-off: a request the worker cannot serve alone is posted to the main thread as a
+// WorkerRequest carrying the request's `unique` (and, for a write, a transferred copy of its data); the worker
+// does not wait and reads the next request. The main thread runs the engine and writes the reply to /dev/fuse
+// itself. So the number of slow-path requests in flight is bounded by the kernel (max_background), not by
+// the number of workers, and the engine's group commit can batch all of them into one durability barrier.
 
 export const CTL_STATE = 0;
 export const CTL_BUSY = 1;
@@ -25,10 +25,6 @@ export const CTL_WORDS = 4;
 export const VIEW_ACTIVE = 1;
 export const VIEW_REMOVED = 2;
 
-export const CALL_STATE = 0;
-export const CALL_RESULT = 1;
-export const CALL_WORDS = 2;
-
 /**
  * How a worker serves a view:
  * - `file`: pread/pwrite on `fd` and nothing else (pass-through; the `engine_overhead` baseline).
@@ -36,8 +32,8 @@ export const CALL_WORDS = 2;
  *   reads pread the clone file (`fd`), zeros for granules whose meta bit is clear; writes pwrite the clone
  *   when the gate is open, the generation current and every touched block `settled`, inside the engine's
  *   in-flight count; anything else (unsettled blocks, reads while the engine routes reads, discard, flush)
- *   is a call into the main thread, which runs the engine.
- * - `remote`: every data operation is a call into the main thread (snapshot views, RW snapshot views).
+ *   is handed off to the main thread, which runs the engine.
+ * - `remote`: every data operation is handed off to the main thread (snapshot views, RW snapshot views).
  */
 export type ViewKind = 'file' | 'live' | 'remote';
 
@@ -70,6 +66,8 @@ export interface ViewDescriptor {
   readonly sizeBytes: number;
   /** File descriptor (process-wide) for `file` and `live`; -1 for `remote`. Owned and closed by main. */
   readonly fd: number;
+  /** Read-only O_DIRECT descriptor of the same file, or -1. Owned and closed by main. */
+  readonly fdDirect: number;
   readonly ctl: SharedArrayBuffer;
   /** log2 of the block size (st_blksize of the file). */
   readonly blockShift: number;
@@ -85,26 +83,19 @@ export type WorkerControl =
   | { readonly t: 'update'; readonly view: ViewDescriptor }
   | { readonly t: 'stop' };
 
-/** Worker → main (over parentPort). Calls carry `worker` and expect a result in that worker's call block. */
-export type WorkerCall =
-  | { readonly t: 'read'; readonly worker: number; readonly nodeId: number; offset: number; length: number }
-  | {
-      readonly t: 'write';
-      readonly worker: number;
-      readonly nodeId: number;
-      offset: number;
-      length: number;
-      dataOffset: number;
-    }
-  | {
-      readonly t: 'discard';
-      readonly worker: number;
-      readonly nodeId: number;
-      offset: number;
-      length: number;
-      mode: number;
-    }
-  | { readonly t: 'flush'; readonly worker: number; readonly nodeId: number };
+/** Worker → main (over parentPort): a request handed off to the main thread, which replies to the kernel. */
+interface RequestBase {
+  readonly worker: number;
+  readonly nodeId: number;
+  readonly uniqueLo: number;
+  readonly uniqueHi: number;
+}
+
+export type WorkerRequest =
+  | (RequestBase & { readonly t: 'read'; readonly offset: number; readonly length: number })
+  | (RequestBase & { readonly t: 'write'; readonly offset: number; readonly data: Uint8Array })
+  | (RequestBase & { readonly t: 'discard'; readonly offset: number; readonly length: number; readonly mode: number })
+  | (RequestBase & { readonly t: 'flush' });
 
 /** Worker → main notifications (no reply). */
 export type WorkerEvent =
@@ -119,18 +110,16 @@ export type WorkerEvent =
       fields: Record<string, unknown>;
     };
 
-export type WorkerMessage = WorkerCall | WorkerEvent;
+export type WorkerMessage = WorkerRequest | WorkerEvent;
 
 export interface WorkerInit {
   readonly index: number;
   readonly fuseFd: number;
-  /** Request buffer (max_write + headroom) and reply buffer (max read + header), shared with main. */
-  readonly inBuf: SharedArrayBuffer;
-  readonly outBuf: SharedArrayBuffer;
-  readonly call: SharedArrayBuffer;
   readonly maxWrite: number;
   readonly views: readonly ViewDescriptor[];
   readonly entryValidSec: number;
   readonly attrValidSec: number;
   readonly parallelDirectWrites: boolean;
+  /** A fully written file on the state dir's file system, for the O_DIRECT buffer-alignment probe; or null. */
+  readonly dioProbePath: string | null;
 }
