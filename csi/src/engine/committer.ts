@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: Apache-2.0
+// Group commit of journal records (EC-1, spec §10 "ordering barriers").
+//
+// Two record lists, both kept in the order of the in-memory mutations they describe:
+// - ordered: map changes (cow, snapshot create/delete/invalidate, resize, quota). A production write that
+//   saved a before-image waits on `barrier()` before it overwrites the clone: the barrier makes the saved
+//   data (fsync save.img) and then the frame holding its record (append + fsync journal) durable.
+// - deferred: production meta bit map changes. They become durable only in `flush()`, after clone.img was
+//   fsynced, because a set granule bit promises that the clone holds that granule's data (zero-filled parts
+//   included); committing it earlier could expose stale bytes after a crash.
+// Map records and meta records commute on replay, so a frame may hold ordered records first, then deferred
+// ones. Records that freeze MBM_P (snap-create, resize) are appended only when `deferred` is empty.
+//
+// Commits run one at a time. Everything that asks for a barrier while a commit runs joins the next one, so
+// a burst of copy-on-write writes pays one save fsync and one journal fsync, not one per block.
+
+import type { BlockDevice, MetaStore } from './block-device.js';
+import { engineError } from './errors.js';
+import { encodeFrame, type JournalRecord } from './layout.js';
+
+interface Waiter {
+  target: number;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+export interface CommitterDeps {
+  clone: BlockDevice;
+  save: BlockDevice;
+  meta: MetaStore;
+  schedule: (fn: () => void) => void;
+  /** Called once when a commit fails; the volume must refuse further I/O. */
+  onFailure: (err: unknown) => void;
+  /** Called after every successful commit that wrote a frame. */
+  onCommitted: () => void;
+}
+
+export class Committer {
+  private ordered: JournalRecord[] = [];
+  private deferred: JournalRecord[] = [];
+  private appended = 0;
+  private durable = 0;
+  private waiters: Waiter[] = [];
+  private flushWaiters: Waiter[] = [];
+  private idleWaiters: (() => void)[] = [];
+  private running = false;
+  private scheduled = false;
+  private saveDirty = false;
+  private failure: unknown = null;
+  private failed = false;
+  private seq = 0;
+  framesWritten = 0;
+
+  constructor(
+    private readonly deps: CommitterDeps,
+    private gen: number,
+  ) {}
+
+  get generation(): number {
+    return this.gen;
+  }
+
+  /** Starts a new journal generation (after a checkpoint of generation `gen` reset the journal). */
+  resetGeneration(gen: number): void {
+    if (this.running || this.ordered.length > 0 || this.deferred.length > 0) {
+      throw new Error('journal generation reset while records are pending');
+    }
+    this.gen = gen;
+    this.seq = 0;
+  }
+
+  /** Notes that a before-image was written to the save device since the last commit. */
+  noteSaveWrite(): void {
+    this.saveDirty = true;
+  }
+
+  append(record: JournalRecord): void {
+    this.ordered.push(record);
+    this.appended++;
+  }
+
+  /** Appends a record that freezes MBM_P; no meta record may be pending. */
+  appendAfterMeta(record: JournalRecord): void {
+    if (this.deferred.length > 0) throw new Error(`${record.type} appended while meta records are pending`);
+    this.append(record);
+  }
+
+  defer(record: JournalRecord): void {
+    this.deferred.push(record);
+  }
+
+  get pendingOrdered(): number {
+    return this.appended - this.durable;
+  }
+
+  /** Resolves when every ordered record appended so far is durable. */
+  barrier(): Promise<void> {
+    if (this.failure !== null) return Promise.reject(this.failedError());
+    if (this.durable >= this.appended) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.waiters.push({ target: this.appended, resolve, reject });
+      this.kick();
+    });
+  }
+
+  /** Makes every completed clone write and every record appended so far durable. */
+  flush(): Promise<void> {
+    if (this.failure !== null) return Promise.reject(this.failedError());
+    return new Promise<void>((resolve, reject) => {
+      this.flushWaiters.push({ target: this.appended, resolve, reject });
+      this.kick();
+    });
+  }
+
+  /** Resolves when no commit is running or requested. */
+  whenIdle(): Promise<void> {
+    if (!this.running && !this.scheduled) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private kick(): void {
+    if (this.running || this.scheduled) return;
+    this.scheduled = true;
+    this.deps.schedule(() => {
+      this.scheduled = false;
+      void this.run();
+    });
+  }
+
+  private async run(): Promise<void> {
+    this.running = true;
+    try {
+      while (this.failure === null && (this.durable < this.appended || this.flushWaiters.length > 0)) {
+        await this.commitOnce();
+      }
+    } catch (err) {
+      this.fail(err);
+    } finally {
+      this.running = false;
+      if (this.failure === null && (this.durable < this.appended || this.flushWaiters.length > 0)) this.kick();
+      else for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  private async commitOnce(): Promise<void> {
+    const flushes = this.flushWaiters.splice(0);
+    // Splice before any fsync: records appended after this point wait for the next commit.
+    const deferred = flushes.length > 0 ? this.deferred.splice(0) : [];
+    const records = this.ordered.splice(0);
+    const target = this.appended;
+    const saveDirty = this.saveDirty;
+    this.saveDirty = false;
+    try {
+      if (flushes.length > 0) await this.deps.clone.flush();
+      if (records.length > 0 || deferred.length > 0) {
+        if (saveDirty) await this.deps.save.flush();
+        const frame = encodeFrame(this.gen, this.seq, deferred.length > 0 ? records.concat(deferred) : records);
+        await this.deps.meta.appendJournal(frame);
+        this.seq++;
+        this.framesWritten++;
+      } else if (saveDirty) {
+        this.saveDirty = true;
+      }
+    } catch (err) {
+      // The spliced flush requests are no longer in flushWaiters: fail() would not reach them.
+      this.failure ??= err;
+      const e = this.failedError();
+      for (const f of flushes) f.reject(e);
+      throw err;
+    }
+    this.durable = target;
+    const still: Waiter[] = [];
+    for (const w of this.waiters) {
+      if (w.target <= target) w.resolve();
+      else still.push(w);
+    }
+    this.waiters = still;
+    for (const f of flushes) f.resolve();
+    if (records.length > 0 || deferred.length > 0) this.deps.onCommitted();
+  }
+
+  private fail(err: unknown): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.failure ??= err;
+    const e = this.failedError();
+    for (const w of this.waiters.splice(0)) w.reject(e);
+    for (const w of this.flushWaiters.splice(0)) w.reject(e);
+    for (const w of this.idleWaiters.splice(0)) w();
+    this.deps.onFailure(err);
+  }
+
+  private failedError() {
+    return engineError('ENGINE_VOLUME_FAILED', 'a metadata commit failed; reopen the volume', {}, this.failure);
+  }
+}

@@ -1,0 +1,219 @@
+// SPDX-License-Identifier: Apache-2.0
+// Building a VolumeCore from metadata (open after a clean close or a crash) and checkpoints from a core.
+//
+// Open = newest valid checkpoint + replay of its generation's journal frames (layout.ts), then a rebuild of
+// the save-pool allocator from the maps (a slot referenced twice is corruption; a slot referenced by no map
+// is free, which reclaims before-images whose record never became durable: EC-1 "leaked save block").
+// Replay re-executes each record with the same functions the live path uses, so the state after replay
+// equals the state that was acknowledged.
+
+import type { BlockDevice, MetaStore } from './block-device.js';
+import type { WordAllocator } from './bits.js';
+import { BlockMap } from './block-map.js';
+import { EngineError, engineError } from './errors.js';
+import {
+  type CheckpointState,
+  checkpointGeneration,
+  decodeCheckpoint,
+  decodeJournal,
+  type JournalRecord,
+} from './layout.js';
+import { FrozenMeta, FULL_META_PAGE, META_PAGE_WORDS } from './meta-bitmap.js';
+import { allOnes, allZero } from './bits.js';
+import type { SnapshotEntry } from './snapshot-queue.js';
+import { VolumeCore } from './volume-core.js';
+
+const TWO32 = 2 ** 32;
+
+export function checkpointOf(core: VolumeCore, gen: number): CheckpointState {
+  const productionPages: (Uint32Array | undefined)[] = [];
+  for (let pi = 0; pi < core.meta.pageCount; pi++) {
+    const words = core.meta.pageWords(pi);
+    productionPages.push(allZero(words) ? undefined : allOnes(words) ? FULL_META_PAGE : words.slice());
+  }
+  return {
+    gen,
+    blockSize: core.blockSize,
+    blockCount: core.blockCount,
+    granuleShift: core.granuleShift,
+    nextSnapId: core.nextSnapId,
+    poolSlots: core.pool.sizeSlots,
+    quotaSlots: core.pool.quotaSlots,
+    createdAt: core.createdAt,
+    productionPages,
+    snapshots: core.queue.entries.map((e) => ({
+      id: e.id,
+      method: e.method,
+      state: e.state,
+      tag: e.tag,
+      blockCount: e.blockCount,
+      createdAt: e.createdAt,
+      metaGranules: e.meta.granules,
+      metaPages: e.meta.pages,
+      entryCount: e.map.size,
+      forEachEntry: (fn) => e.map.forEach(fn),
+    })),
+  };
+}
+
+export interface LoadResult {
+  core: VolumeCore;
+  gen: number;
+  framesReplayed: number;
+}
+
+export async function loadCore(
+  devices: { clone: BlockDevice; save: BlockDevice; meta: MetaStore },
+  alloc: WordAllocator,
+): Promise<LoadResult> {
+  const loaded = await devices.meta.load();
+  const cp = newestCheckpoint(loaded.checkpoints);
+  if (cp.blockSize !== devices.clone.blockSize || cp.blockSize !== devices.save.blockSize) {
+    throw engineError('ENGINE_CORRUPT_METADATA', 'device block size differs from the checkpoint', {
+      checkpoint: cp.blockSize,
+      clone: devices.clone.blockSize,
+      save: devices.save.blockSize,
+    });
+  }
+  const core = new VolumeCore(
+    { blockSize: cp.blockSize, blockCount: cp.blockCount, granuleShift: cp.granuleShift, createdAt: cp.createdAt },
+    devices.clone,
+    devices.save,
+    devices.meta,
+    alloc,
+    cp.quotaSlots,
+  );
+  core.nextSnapId = cp.nextSnapId;
+  cp.productionPages.forEach((page, pi) => {
+    if (pi >= core.meta.pageCount) throw corrupt('production meta page outside the volume', { page: pi });
+    core.meta.loadPage(pi, page);
+  });
+  for (const s of cp.snapshots) {
+    const map = new BlockMap(alloc);
+    const entries = s.entries ?? new Uint32Array(0);
+    let last = -1;
+    for (let i = 0; i < s.entryCount; i++) {
+      const block = entries[i * 3 + 1]! * TWO32 + entries[i * 3]!;
+      if (block <= last || block >= s.blockCount) throw corrupt('snapshot block map is not ascending', { id: s.id });
+      map.set(block, entries[i * 3 + 2]!);
+      last = block;
+    }
+    const entry: SnapshotEntry = {
+      id: s.id,
+      method: s.method,
+      state: s.state,
+      tag: s.tag,
+      blockCount: s.blockCount,
+      createdAt: s.createdAt,
+      meta: new FrozenMeta(cp.granuleShift, s.metaGranules, s.metaPages.map(checkPage)),
+      map,
+      pins: 0,
+    };
+    if (s.id >= core.nextSnapId) throw corrupt('snapshot id not below nextSnapId', { id: s.id });
+    core.queue.append(entry);
+  }
+  core.freezer.seed(core.queue.tail?.meta ?? null);
+  const journal = decodeJournal(loaded.journal, cp.gen);
+  for (const frame of journal.frames) for (const r of frame) applyRecord(core, r);
+  rebuildPool(core, cp.poolSlots);
+  if (devices.clone.blockCount() < core.blockCount) await devices.clone.resize(core.blockCount);
+  return { core, gen: cp.gen, framesReplayed: journal.frames.length };
+}
+
+function newestCheckpoint(candidates: Uint8Array[]): CheckpointState {
+  let best: { gen: number; bytes: Uint8Array } | null = null;
+  let firstError: unknown = null;
+  for (const bytes of candidates) {
+    try {
+      const gen = checkpointGeneration(bytes);
+      if (best === null || gen > best.gen) best = { gen, bytes };
+    } catch (err) {
+      if (err instanceof EngineError && err.code === 'ENGINE_BAD_VERSION') throw err;
+      firstError ??= err;
+    }
+  }
+  if (best === null) {
+    if (firstError instanceof EngineError) throw firstError;
+    throw corrupt('no valid checkpoint found', { candidates: candidates.length });
+  }
+  return decodeCheckpoint(best.bytes);
+}
+
+function checkPage(page: Uint32Array | undefined): Uint32Array | undefined {
+  if (page !== undefined && page.length !== META_PAGE_WORDS) throw corrupt('meta page has a wrong size');
+  return page;
+}
+
+/** Re-executes one journal record (the live path appended it after making the same change). */
+export function applyRecord(core: VolumeCore, r: JournalRecord): void {
+  switch (r.type) {
+    case 'cow': {
+      const e = core.queue.find(r.snapId);
+      if (e === undefined) throw corrupt('cow record for an unknown snapshot', { ...r });
+      if (r.block >= core.blockCount || e.map.has(r.block)) throw corrupt('cow record conflicts', { ...r });
+      e.map.set(r.block, r.slot);
+      return;
+    }
+    case 'meta-set':
+      core.meta.setRange(r.granule, r.granule + r.count);
+      return;
+    case 'meta-clear':
+      core.meta.clearRange(r.granule, r.granule + r.count);
+      return;
+    case 'snap-create': {
+      const tail = core.queue.tail;
+      if (tail !== undefined && r.snapId <= tail.id) throw corrupt('snapshot ids do not increase', { ...r });
+      core.queue.append({
+        id: r.snapId,
+        method: r.method,
+        state: 'valid',
+        tag: r.tag,
+        blockCount: core.blockCount,
+        createdAt: r.createdAt,
+        meta: core.freezer.freeze(core.meta),
+        map: new BlockMap(core.alloc),
+        pins: 0,
+      });
+      core.nextSnapId = Math.max(core.nextSnapId, r.snapId + 1);
+      return;
+    }
+    case 'snap-delete':
+      if (core.queue.find(r.snapId) === undefined) throw corrupt('delete of an unknown snapshot', { ...r });
+      core.queue.remove(r.snapId, () => {});
+      return;
+    case 'snap-invalid': {
+      const e = core.queue.find(r.snapId);
+      if (e === undefined) throw corrupt('invalidation of an unknown snapshot', { ...r });
+      e.state = 'invalid';
+      return;
+    }
+    case 'resize':
+      if (r.blockCount < core.blockCount) throw corrupt('resize record shrinks the volume', { ...r });
+      core.grow(r.blockCount);
+      return;
+    case 'quota':
+      core.pool.setQuota(r.quotaSlots);
+      return;
+  }
+}
+
+function rebuildPool(core: VolumeCore, poolSlots: number): void {
+  let maxSlot = -1;
+  for (const e of core.queue.entries) {
+    e.map.forEach((b, slot) => {
+      if (!core.pool.markReferenced(slot)) throw corrupt('save slot referenced twice', { slot, block: b, id: e.id });
+      if (slot > maxSlot) maxSlot = slot;
+    });
+  }
+  if (maxSlot >= core.save.blockCount()) {
+    throw corrupt('a referenced save slot lies past the end of the save pool', {
+      slot: maxSlot,
+      saveBlocks: core.save.blockCount(),
+    });
+  }
+  core.pool.finishRebuild(poolSlots);
+}
+
+function corrupt(message: string, details: Record<string, unknown> = {}) {
+  return engineError('ENGINE_CORRUPT_METADATA', message, details);
+}

@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: Apache-2.0
+// Allocator of the shared save pool (spec §3.3): slot s is block s of save.img. Slots are handed out from
+// a free list (reused slots) or by bumping the high-water mark, up to an optional quota (EC-5).
+//
+// Invariants (INV-7): a slot is allocated iff exactly one map entry references it. A slot freed by a
+// metadata change (OP-11) sits in quarantine until the journal frame recording that change is durable;
+// only then may a new before-image overwrite it, otherwise a crash could resurrect the old entry pointing
+// at foreign data. The allocator is rebuilt from the maps on open, so it is never persisted itself.
+
+export class SavePool {
+  private allocated: Uint32Array;
+  private free: number[] = [];
+  private quarantine: number[] = [];
+  private highWater = 0;
+  private used = 0;
+
+  constructor(private quota: number | null) {
+    this.allocated = new Uint32Array(64);
+  }
+
+  /** Slots in use (referenced by a map entry). */
+  get usedSlots(): number {
+    return this.used;
+  }
+
+  /** Size of the pool in slots: every slot below it exists in save.img (allocated or free). */
+  get sizeSlots(): number {
+    return this.highWater;
+  }
+
+  get quotaSlots(): number | null {
+    return this.quota;
+  }
+
+  setQuota(quota: number | null): void {
+    this.quota = quota;
+  }
+
+  /** A free slot, or -1 when the quota is reached (the caller applies EC-5). */
+  alloc(): number {
+    let slot = this.free.pop();
+    if (slot === undefined) {
+      if (this.quota !== null && this.highWater >= this.quota) return -1;
+      slot = this.highWater++;
+      this.ensure(slot);
+    }
+    this.allocated[slot >>> 5]! |= 1 << (slot & 31);
+    this.used++;
+    return slot;
+  }
+
+  /** Returns a slot whose allocation was not used (no map entry was made). */
+  cancel(slot: number): void {
+    this.release(slot);
+    this.free.push(slot);
+  }
+
+  /** Frees a slot whose map entry was removed; reusable after `commitFrees()`. */
+  freeLater(slot: number): void {
+    this.release(slot);
+    this.quarantine.push(slot);
+  }
+
+  /** The frame recording the frees is durable: quarantined slots become reusable. */
+  commitFrees(): void {
+    for (const slot of this.quarantine) this.free.push(slot);
+    this.quarantine = [];
+  }
+
+  isAllocated(slot: number): boolean {
+    return slot < this.highWater && ((this.allocated[slot >>> 5]! >>> (slot & 31)) & 1) === 1;
+  }
+
+  /** Recovery: marks a slot referenced by a loaded map entry; returns false when it was already marked. */
+  markReferenced(slot: number): boolean {
+    if (slot >= this.highWater) {
+      this.highWater = slot + 1;
+      this.ensure(slot);
+    }
+    if (this.isAllocated(slot)) return false;
+    this.allocated[slot >>> 5]! |= 1 << (slot & 31);
+    this.used++;
+    return true;
+  }
+
+  /** Recovery: sets the pool size and rebuilds the free list from the allocation bits. */
+  finishRebuild(sizeSlots: number): void {
+    this.highWater = Math.max(this.highWater, sizeSlots);
+    this.ensure(this.highWater);
+    this.free = [];
+    for (let s = this.highWater - 1; s >= 0; s--) if (!this.isAllocated(s)) this.free.push(s);
+    this.quarantine = [];
+  }
+
+  /** Drops free slots at the top of the pool; returns the new size. Quarantine must be empty. */
+  trimTail(): number {
+    if (this.quarantine.length > 0) return this.highWater;
+    let top = this.highWater;
+    while (top > 0 && !this.isAllocated(top - 1)) top--;
+    if (top !== this.highWater) {
+      this.highWater = top;
+      this.free = this.free.filter((s) => s < top);
+    }
+    return this.highWater;
+  }
+
+  private release(slot: number): void {
+    if (!this.isAllocated(slot)) throw new Error(`save slot ${slot} is not allocated`);
+    this.allocated[slot >>> 5]! &= ~(1 << (slot & 31));
+    this.used--;
+  }
+
+  private ensure(slot: number): void {
+    const need = (slot >>> 5) + 1;
+    if (need <= this.allocated.length) return;
+    const grown = new Uint32Array(Math.max(need, this.allocated.length * 2));
+    grown.set(this.allocated);
+    this.allocated = grown;
+  }
+
+  residentBytes(): number {
+    return this.allocated.byteLength + (this.free.length + this.quarantine.length) * 8;
+  }
+}

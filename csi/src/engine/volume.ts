@@ -1,0 +1,602 @@
+// SPDX-License-Identifier: Apache-2.0
+// SnapshotVolume: the engine's public API for one production volume (clone volume + shared save pool +
+// snapshot queue), over two BlockDevices and a MetaStore. Pure: no fs, grpc or k8s imports.
+//
+// Views: the live (production) view reads and writes through the COW path; an RO snapshot view reads by
+// OP-6 and refuses writes. `ViewRef` names a view; issue 4 adds RW snapshot views to it.
+// Durability: `write` resolves once the bytes are readable and every before-image they displaced is durable
+// (EC-1); they are durable themselves after the next `flush()`. `createSnapshot`, `deleteSnapshot`,
+// `resize` and `setSaveQuota` are durable on resolve. `discard` is durable after the next flush.
+// Concurrency: calls may overlap freely; see gate.ts, write-path.ts and shared-state.ts.
+
+import type { BlockDevice, MetaStore } from './block-device.js';
+import { heapWords, sharedWords, type WordAllocator } from './bits.js';
+import { Committer } from './committer.js';
+import { allocatedBlocks, type BlockExtent, changedBlocks, type ValiditySource } from './differential.js';
+import { engineError } from './errors.js';
+import { Gate } from './gate.js';
+import { checkpointOf, loadCore } from './recovery.js';
+import { encodeCheckpoint, type SnapshotMethod, type SnapshotState } from './layout.js';
+import { readProduction, readSnapshot } from './read-path.js';
+import { CTL_GENERATION, type SharedVolumeState } from './shared-state.js';
+import type { SnapshotEntry } from './snapshot-queue.js';
+import { BlockMap } from './block-map.js';
+import { VolumeCore } from './volume-core.js';
+import { discardRange, writeRange } from './write-path.js';
+import { verifyCore } from './verify.js';
+
+export type { SnapshotMethod, SnapshotState } from './layout.js';
+
+export const BLOCK_SIZE_DEFAULT_BYTES = 4096;
+export const MAX_SNAPSHOTS_DEFAULT = 256;
+export const CHECKPOINT_JOURNAL_DEFAULT_BYTES = 8 * 1024 * 1024;
+const MAX_SAFE_BYTES = Number.MAX_SAFE_INTEGER;
+
+export interface VolumeDevices {
+  clone: BlockDevice;
+  save: BlockDevice;
+  meta: MetaStore;
+}
+
+export interface VolumeRuntimeOptions {
+  /** Allocate the production meta bit map, settled map and control words on SharedArrayBuffers. */
+  shared?: boolean;
+  /** Overrides `shared`. */
+  allocator?: WordAllocator;
+  /** Milliseconds since the epoch; default Date.now. */
+  clock?: () => number;
+  /** Runs `fn` after pending I/O callbacks (group-commit window); default setImmediate. */
+  schedule?: (fn: () => void) => void;
+  /** EC-6 limit; default 256. */
+  maxSnapshots?: number;
+  /** Journal size that triggers a checkpoint; default 8 MiB. */
+  checkpointJournalBytes?: number;
+}
+
+export interface CreateVolumeOptions extends VolumeRuntimeOptions {
+  sizeBytes: number;
+  /** Power of two, 512 B .. 1 MiB; default 4096. */
+  blockSize?: number;
+  /** Blocks per meta bit map granule (power of two); default 1. */
+  granuleBlocks?: number;
+  /** Save pool quota in bytes; null or absent = grow until the device is full. */
+  saveQuotaBytes?: number | null;
+}
+
+export type ViewRef = { kind: 'live' } | { kind: 'snapshot'; id: number };
+
+export interface SnapshotInfo {
+  id: number;
+  method: SnapshotMethod;
+  state: SnapshotState;
+  tag: string;
+  createdAt: number;
+  sizeBytes: number;
+  /** Before-images this entry holds in the save pool. */
+  savedBlocks: number;
+  pins: number;
+}
+
+/** Byte extent, ascending and non-overlapping in every result. */
+export interface Extent {
+  offset: number;
+  length: number;
+}
+
+export interface ExtentOptions {
+  /** Skip extents ending at or before this byte (rounded down to a block). */
+  startingOffset?: number;
+  maxResults?: number;
+}
+
+export interface VolumeStats {
+  blockSize: number;
+  blockCount: number;
+  sizeBytes: number;
+  granuleBlocks: number;
+  snapshotCount: number;
+  invalidSnapshotCount: number;
+  savePoolUsedBytes: number;
+  savePoolSizeBytes: number;
+  saveQuotaBytes: number | null;
+  cowCopiesTotal: number;
+  snapshotsInvalidatedTotal: number;
+  journalBytes: number;
+  checkpointsTotal: number;
+  /** Resident metadata of the volume itself (meta bit map, settled map, allocator). */
+  volumeMetadataBytes: number;
+  /** Resident metadata of all snapshots (bit/block maps, frozen meta pages counted once). */
+  snapshotMetadataBytes: number;
+}
+
+export class SnapshotVolume {
+  private closed = false;
+  private checkpointPending = false;
+  private readonly gate: Gate;
+  private readonly clock: () => number;
+  private readonly maxSnapshots: number;
+  private readonly checkpointBytes: number;
+
+  private constructor(
+    private readonly core: VolumeCore,
+    options: VolumeRuntimeOptions,
+    gen: number,
+  ) {
+    const schedule = options.schedule ?? ((fn) => setImmediate(fn));
+    this.clock = options.clock ?? Date.now;
+    this.maxSnapshots = options.maxSnapshots ?? MAX_SNAPSHOTS_DEFAULT;
+    this.checkpointBytes = options.checkpointJournalBytes ?? CHECKPOINT_JOURNAL_DEFAULT_BYTES;
+    this.gate = new Gate(core.control, schedule);
+    core.committer = new Committer(
+      {
+        clone: core.clone,
+        save: core.save,
+        meta: core.metaStore,
+        schedule,
+        onFailure: (err) => {
+          core.failure ??= err;
+        },
+        onCommitted: () => this.maybeCheckpoint(),
+      },
+      gen,
+    );
+  }
+
+  /** Creates an empty volume on fresh devices and writes its first checkpoint. */
+  static async create(devices: VolumeDevices, options: CreateVolumeOptions): Promise<SnapshotVolume> {
+    const blockSize = options.blockSize ?? BLOCK_SIZE_DEFAULT_BYTES;
+    const granule = options.granuleBlocks ?? 1;
+    if (!isPow2(blockSize) || blockSize < 512 || blockSize > 1 << 20) {
+      throw engineError('ENGINE_BAD_ARGUMENT', `block size ${blockSize} is not a power of two in 512..1048576`);
+    }
+    if (!isPow2(granule) || granule > 1 << 20) {
+      throw engineError('ENGINE_BAD_ARGUMENT', `granule of ${granule} blocks is not a power of two <= 2^20`);
+    }
+    checkSize(options.sizeBytes, blockSize);
+    if (devices.clone.blockSize !== blockSize || devices.save.blockSize !== blockSize) {
+      throw engineError('ENGINE_BAD_ARGUMENT', 'device block sizes differ from the volume block size');
+    }
+    const quota = options.saveQuotaBytes ?? null;
+    const core = new VolumeCore(
+      {
+        blockSize,
+        blockCount: options.sizeBytes / blockSize,
+        granuleShift: Math.log2(granule),
+        createdAt: (options.clock ?? Date.now)(),
+      },
+      devices.clone,
+      devices.save,
+      devices.meta,
+      allocatorOf(options),
+      quota === null ? null : Math.floor(quota / blockSize),
+    );
+    await devices.clone.resize(core.blockCount);
+    await devices.meta.writeCheckpoint(encodeCheckpoint(checkpointOf(core, 1)), 1);
+    return new SnapshotVolume(core, options, 1);
+  }
+
+  /** Opens a volume, replaying its journal after a crash; writes a fresh checkpoint when it replayed any. */
+  static async open(devices: VolumeDevices, options: VolumeRuntimeOptions = {}): Promise<SnapshotVolume> {
+    const { core, gen } = await loadCore(devices, allocatorOf(options));
+    const volume = new SnapshotVolume(core, options, gen);
+    if (devices.meta.journalBytes() > 0) await volume.writeCheckpoint();
+    return volume;
+  }
+
+  get blockSize(): number {
+    return this.core.blockSize;
+  }
+
+  get blockCount(): number {
+    return this.core.blockCount;
+  }
+
+  get sizeBytes(): number {
+    return this.core.blockCount * this.core.blockSize;
+  }
+
+  get granuleBlocks(): number {
+    return this.core.granuleBlocks;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  // ---- live view -------------------------------------------------------------------------------------
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, into: Uint8Array): Promise<void> {
+    this.usable();
+    this.checkRange(offset, into.length, this.sizeBytes);
+    await readProduction(this.core, offset, into);
+  }
+
+  /** Writes `data` at byte `offset` (any alignment). */
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.usable();
+    this.checkRange(offset, data.length, this.sizeBytes);
+    await this.shared(() => writeRange(this.core, offset, data));
+  }
+
+  /** Punch-hole semantics: afterwards [offset, offset + length) reads as zeros (OP-5). */
+  async discard(offset: number, length: number): Promise<void> {
+    this.usable();
+    this.checkRange(offset, length, this.sizeBytes);
+    if (length === 0) return;
+    await this.gate.exclusive(() => discardRange(this.core, offset, length));
+  }
+
+  /** Makes every completed write and discard durable. */
+  async flush(): Promise<void> {
+    this.usable();
+    await this.core.committer.flush();
+  }
+
+  /** Does a production write of `block` need engine work (COW, meta update, restore)? */
+  needsEngine(block: number): boolean {
+    return !this.core.isSettled(block);
+  }
+
+  /** Arrays for data-path workers; see shared-state.ts for the protocol. Requires `shared: true`. */
+  sharedState(): SharedVolumeState {
+    const core = this.core;
+    if (!core.alloc.shared) throw engineError('ENGINE_BAD_ARGUMENT', 'volume was opened without shared: true');
+    return {
+      control: core.control,
+      settled: core.settled,
+      meta: core.meta.words,
+      blockSize: core.blockSize,
+      blockCount: core.blockCount,
+      granuleShift: core.granuleShift,
+      generation: Atomics.load(core.control, CTL_GENERATION),
+    };
+  }
+
+  // ---- snapshots -------------------------------------------------------------------------------------
+
+  /** OP-1: cuts an RO snapshot of the live view; O(1) data. `tag` is free text (e.g. a CSI handle). */
+  async createSnapshot(options: { method?: SnapshotMethod; tag?: string } = {}): Promise<SnapshotInfo> {
+    this.usable();
+    const method = options.method ?? 'save-volume';
+    if (method !== 'save-volume' && method !== 'meta-bitmap') {
+      throw engineError('ENGINE_BAD_ARGUMENT', `unknown snapshot method ${String(method)}`);
+    }
+    const tag = options.tag ?? '';
+    if (new TextEncoder().encode(tag).length > 1024) throw engineError('ENGINE_BAD_ARGUMENT', 'tag exceeds 1024 bytes');
+    return this.gate.exclusive(async () => {
+      const core = this.core;
+      if (core.queue.length >= this.maxSnapshots) {
+        throw engineError('ENGINE_SNAPSHOT_LIMIT', `volume holds ${core.queue.length} snapshots`, {
+          limit: this.maxSnapshots,
+        });
+      }
+      await core.committer.flush();
+      const entry: SnapshotEntry = {
+        id: core.nextSnapId++,
+        method,
+        state: 'valid',
+        tag,
+        blockCount: core.blockCount,
+        createdAt: this.clock(),
+        meta: core.freezer.freeze(core.meta),
+        map: new BlockMap(core.alloc),
+        pins: 0,
+      };
+      core.committer.appendAfterMeta({
+        type: 'snap-create',
+        snapId: entry.id,
+        method,
+        createdAt: entry.createdAt,
+        tag,
+      });
+      core.queue.append(entry);
+      core.resetSettled();
+      await core.committer.barrier();
+      return this.info(entry);
+    });
+  }
+
+  /** OP-11: deletes any snapshot (head, middle or tail) by merging it into the next older one. */
+  async deleteSnapshot(id: number): Promise<void> {
+    this.usable();
+    await this.gate.exclusive(async () => {
+      const core = this.core;
+      const entry = this.entry(id, false);
+      if (entry.pins > 0)
+        throw engineError('ENGINE_SNAPSHOT_BUSY', `snapshot ${id} is pinned`, { id, pins: entry.pins });
+      core.queue.remove(id, (slot) => core.pool.freeLater(slot));
+      core.committer.append({ type: 'snap-delete', snapId: id });
+      await core.committer.barrier();
+      core.pool.commitFrees();
+    });
+  }
+
+  listSnapshots(): SnapshotInfo[] {
+    return this.core.queue.entries.map((e) => this.info(e));
+  }
+
+  getSnapshot(id: number): SnapshotInfo {
+    return this.info(this.entry(id, false));
+  }
+
+  findSnapshotByTag(tag: string): SnapshotInfo | undefined {
+    const e = this.core.queue.entries.find((x) => x.tag === tag);
+    return e === undefined ? undefined : this.info(e);
+  }
+
+  /** Forbids deleting the snapshot until the returned release function is called (EC-8). */
+  pinSnapshot(id: number): () => void {
+    const entry = this.entry(id, false);
+    entry.pins++;
+    let released = false;
+    return () => {
+      if (!released) entry.pins--;
+      released = true;
+    };
+  }
+
+  async readSnapshot(id: number, offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    await this.readSnapshotInto(id, offset, out);
+    return out;
+  }
+
+  /** OP-6. Fails with ENGINE_SNAPSHOT_INVALID for snapshots that lost data (EC-5). */
+  async readSnapshotInto(id: number, offset: number, into: Uint8Array): Promise<void> {
+    this.usable();
+    await this.shared(async () => {
+      const entry = this.entry(id, true);
+      this.checkRange(offset, into.length, entry.blockCount * this.core.blockSize);
+      await readSnapshot(this.core, entry, this.core.queue.positionOf(id), offset, into);
+    });
+  }
+
+  async readView(view: ViewRef, offset: number, into: Uint8Array): Promise<void> {
+    if (view.kind === 'live') return this.readInto(offset, into);
+    return this.readSnapshotInto(view.id, offset, into);
+  }
+
+  async writeView(view: ViewRef, offset: number, data: Uint8Array): Promise<void> {
+    if (view.kind === 'live') return this.write(offset, data);
+    throw engineError('ENGINE_READ_ONLY', `snapshot ${view.id} is read-only`, { id: view.id });
+  }
+
+  // ---- changed-block tracking -----------------------------------------------------------------------
+
+  /** OP-14/OP-16: blocks of `to` (a younger snapshot or the live volume) that may differ from `from`. */
+  changedExtents(from: number, to: number | 'live', options: ExtentOptions = {}): Extent[] {
+    this.usable();
+    const core = this.core;
+    const posL = core.queue.positionOf(from);
+    this.entry(from, true);
+    let posM = core.queue.length;
+    let m: ValiditySource = { meta: core.meta, blockCount: core.blockCount };
+    if (to !== 'live') {
+      const target = this.entry(to, true);
+      posM = core.queue.positionOf(to);
+      if (posM <= posL) {
+        throw engineError('ENGINE_BAD_ARGUMENT', `snapshot ${to} is not younger than ${from}`, { from, to });
+      }
+      m = target;
+    }
+    const between = core.queue.entries.slice(posL, posM);
+    return this.toBytes(changedBlocks(between, m, core.granuleShift, this.blockQuery(options)));
+  }
+
+  /** OP-18: extents that may hold data in the view; all other bytes read as zeros. */
+  allocatedExtents(of: number | 'live', options: ExtentOptions = {}): Extent[] {
+    this.usable();
+    const core = this.core;
+    const src: ValiditySource = of === 'live' ? { meta: core.meta, blockCount: core.blockCount } : this.entry(of, true);
+    return this.toBytes(allocatedBlocks(src, core.granuleShift, this.blockQuery(options)));
+  }
+
+  // ---- size, quota, stats ----------------------------------------------------------------------------
+
+  /** EC-7: grows the volume; snapshots keep their size. Shrinking fails. */
+  async resize(sizeBytes: number): Promise<void> {
+    this.usable();
+    checkSize(sizeBytes, this.core.blockSize);
+    await this.gate.exclusive(async () => {
+      const core = this.core;
+      const blocks = sizeBytes / core.blockSize;
+      if (blocks < core.blockCount) {
+        throw engineError('ENGINE_SHRINK_UNSUPPORTED', `cannot shrink from ${this.sizeBytes} to ${sizeBytes} bytes`);
+      }
+      if (blocks === core.blockCount) return;
+      await core.committer.flush();
+      await core.clone.resize(blocks);
+      core.grow(blocks);
+      core.committer.appendAfterMeta({ type: 'resize', blockCount: blocks });
+      await core.committer.barrier();
+    });
+  }
+
+  /** Sets the save-pool quota (EC-5); null = unlimited. Existing before-images stay. */
+  async setSaveQuota(bytes: number | null): Promise<void> {
+    this.usable();
+    await this.gate.exclusive(async () => {
+      const slots = bytes === null ? null : Math.floor(bytes / this.core.blockSize);
+      this.core.pool.setQuota(slots);
+      this.core.committer.append({ type: 'quota', quotaSlots: slots });
+      await this.core.committer.barrier();
+    });
+  }
+
+  stats(): VolumeStats {
+    const core = this.core;
+    const bs = core.blockSize;
+    const pages = new Set<Uint32Array>();
+    let snapshotBytes = 0;
+    for (const e of core.queue.entries) {
+      snapshotBytes += e.map.residentBytes() + 128 + e.meta.pages.length * 8;
+      for (const p of e.meta.ownPages()) pages.add(p);
+    }
+    for (const p of pages) snapshotBytes += p.byteLength;
+    return {
+      blockSize: bs,
+      blockCount: core.blockCount,
+      sizeBytes: core.blockCount * bs,
+      granuleBlocks: core.granuleBlocks,
+      snapshotCount: core.queue.length,
+      invalidSnapshotCount: core.queue.entries.filter((e) => e.state === 'invalid').length,
+      savePoolUsedBytes: core.pool.usedSlots * bs,
+      savePoolSizeBytes: core.pool.sizeSlots * bs,
+      saveQuotaBytes: core.pool.quotaSlots === null ? null : core.pool.quotaSlots * bs,
+      cowCopiesTotal: core.counters.cowCopies,
+      snapshotsInvalidatedTotal: core.counters.invalidations,
+      journalBytes: core.metaStore.journalBytes(),
+      checkpointsTotal: core.counters.checkpoints,
+      volumeMetadataBytes: core.meta.residentBytes() + core.settled.byteLength + core.pool.residentBytes(),
+      snapshotMetadataBytes: snapshotBytes,
+    };
+  }
+
+  /** Checks INV-4, INV-7, INV-8 and INV-18-style structure; throws on the first violation (tests). */
+  verifyInvariants(): void {
+    verifyCore(this.core);
+  }
+
+  /** Writes a checkpoint now (resets the journal). */
+  async checkpoint(): Promise<void> {
+    this.usable();
+    await this.gate.exclusive(() => this.writeCheckpoint());
+  }
+
+  /** Flushes, checkpoints and closes the devices. Further calls fail with ENGINE_CLOSED. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.gate.exclusive(async () => {
+      if (this.closed) return;
+      this.closed = true;
+      try {
+        if (this.core.failure === null) {
+          await this.core.committer.flush();
+          if (this.core.metaStore.journalBytes() > 0) await this.writeCheckpoint();
+        }
+      } finally {
+        await Promise.allSettled([this.core.clone.close(), this.core.save.close(), this.core.metaStore.close()]);
+      }
+    });
+  }
+
+  // ---- internals -------------------------------------------------------------------------------------
+
+  private async writeCheckpoint(): Promise<void> {
+    const core = this.core;
+    await core.committer.flush();
+    await core.committer.whenIdle();
+    const gen = core.committer.generation + 1;
+    const poolSlots = core.pool.trimTail();
+    await core.metaStore.writeCheckpoint(encodeCheckpoint(checkpointOf(core, gen)), gen);
+    core.committer.resetGeneration(gen);
+    core.counters.checkpoints++;
+    if (core.save.blockCount() > poolSlots) await core.save.resize(poolSlots);
+  }
+
+  private maybeCheckpoint(): void {
+    if (this.checkpointPending || this.closed || this.core.metaStore.journalBytes() < this.checkpointBytes) return;
+    this.checkpointPending = true;
+    void this.gate
+      .exclusive(async () => {
+        if (!this.closed && this.core.failure === null) await this.writeCheckpoint();
+      })
+      .catch((err: unknown) => {
+        this.core.failure ??= err;
+      })
+      .finally(() => {
+        this.checkpointPending = false;
+      });
+  }
+
+  private async shared<T>(fn: () => Promise<T>): Promise<T> {
+    const wait = this.gate.enterShared();
+    if (wait !== null) await wait;
+    try {
+      this.usable();
+      return await fn();
+    } finally {
+      this.gate.leaveShared();
+    }
+  }
+
+  private usable(): void {
+    if (this.closed) throw engineError('ENGINE_CLOSED', 'volume is closed');
+    if (this.core.failure !== null) {
+      throw engineError('ENGINE_VOLUME_FAILED', 'a metadata commit failed; reopen the volume', {}, this.core.failure);
+    }
+  }
+
+  private entry(id: number, readable: boolean): SnapshotEntry {
+    const e = this.core.queue.find(id);
+    if (e === undefined) throw engineError('ENGINE_UNKNOWN_SNAPSHOT', `snapshot ${id} does not exist`, { id });
+    if (readable && e.state === 'invalid') {
+      throw engineError('ENGINE_SNAPSHOT_INVALID', `snapshot ${id} lost data when the save pool was full`, { id });
+    }
+    return e;
+  }
+
+  private info(e: SnapshotEntry): SnapshotInfo {
+    return {
+      id: e.id,
+      method: e.method,
+      state: e.state,
+      tag: e.tag,
+      createdAt: e.createdAt,
+      sizeBytes: e.blockCount * this.core.blockSize,
+      savedBlocks: e.map.size,
+      pins: e.pins,
+    };
+  }
+
+  private checkRange(offset: number, length: number, limit: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw engineError('ENGINE_BAD_ARGUMENT', 'offset and length must be non-negative integers', { offset, length });
+    }
+    if (offset + length > limit) {
+      throw engineError('ENGINE_OUT_OF_RANGE', `range ${offset}+${length} exceeds ${limit} bytes`, {
+        offset,
+        length,
+        limit,
+      });
+    }
+  }
+
+  private blockQuery(options: ExtentOptions): { startBlock: number; maxExtents: number } {
+    const start = options.startingOffset ?? 0;
+    if (!Number.isSafeInteger(start) || start < 0) {
+      throw engineError('ENGINE_BAD_ARGUMENT', 'startingOffset must be a non-negative integer');
+    }
+    const max = options.maxResults ?? Number.POSITIVE_INFINITY;
+    if (max <= 0) throw engineError('ENGINE_BAD_ARGUMENT', 'maxResults must be positive');
+    return { startBlock: Math.floor(start / this.core.blockSize), maxExtents: max };
+  }
+
+  private toBytes(extents: BlockExtent[]): Extent[] {
+    const bs = this.core.blockSize;
+    return extents.map((e) => ({ offset: e.block * bs, length: e.count * bs }));
+  }
+}
+
+function isPow2(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+}
+
+function checkSize(sizeBytes: number, blockSize: number): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % blockSize !== 0 || sizeBytes > MAX_SAFE_BYTES) {
+    throw engineError('ENGINE_BAD_ARGUMENT', `size ${sizeBytes} is not a positive multiple of ${blockSize} bytes`, {
+      sizeBytes,
+      blockSize,
+    });
+  }
+}
+
+function allocatorOf(options: VolumeRuntimeOptions): WordAllocator {
+  return options.allocator ?? (options.shared === true ? sharedWords : heapWords);
+}
