@@ -4,7 +4,7 @@
 //   publish   mount: bind the staging mount on the target dir; block: bind the loop device on a target file
 //   unpublish unmount the target and remove it; unstage: unmount staging, detach loop, drop the view
 // Every step is idempotent; the stage/publish state is persisted in the volume record after each change.
-import { statfs } from 'node:fs/promises';
+import { readdir, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { CsiError } from '../errors.js';
 import type { VolumeCapability } from '../grpc/csi-types.js';
 import { run } from '../mount/exec.js';
@@ -183,8 +183,10 @@ export class NodeService {
         await this.d.state.putVolume({ ...cur, publish: rest });
         return;
       }
-      // Not published there by us: remove only what we may have left (a mount of our staging or device).
+      // Not published there (any more): remove what we may have left, and nothing else: a mount of our
+      // device, or the empty directory / empty file a publish creates (CSI: the SP removes the target).
       if (await this.isOurMount(cur, targetPath)) await unmountAndRemove(targetPath);
+      else if (!(await isMountPoint(targetPath))) await removeEmptyTarget(targetPath);
     });
   }
 
@@ -286,4 +288,12 @@ export class NodeService {
     const loop = await this.d.backend.attachedDevice(rec.volumeId);
     return loop !== undefined && top.major === loop.major && top.minor === loop.minor;
   }
+}
+
+/** Removes `path` when it is an empty directory or an empty regular file; anything else stays. */
+async function removeEmptyTarget(path: string): Promise<void> {
+  const s = await stat(path).catch(() => undefined);
+  if (!s) return;
+  if (s.isDirectory() && (await readdir(path)).length === 0) await rmdir(path);
+  else if (s.isFile() && s.size === 0) await rm(path, { force: true });
 }

@@ -3,13 +3,14 @@
 //   volume   creating -> roll back (delete the engine volume if it was made, drop the record)
 //            deleting -> finish the delete
 //            ready    -> stage/publish state is cleared: the data path of the previous process is gone
-//                        (Datapath.start removed its loop devices and every mount of them), so the CO must
-//                        stage and publish again
+//                        (Datapath.start removed its loop devices and every mount of them; binds of block
+//                        device nodes are unmounted here), so the CO must stage and publish again
 //   snapshot creating -> roll forward when the source volume holds an engine snapshot tagged with the id
 //                        (the cut completed), else drop the record
 //            deleting -> finish the delete
 // Engine snapshots tagged `clone-source:<volumeId>` are hidden snapshots of an interrupted clone: deleted.
 // Engine volumes without a record are reported, never deleted (they may be someone's data).
+import { unmount } from '../mount/mounts.js';
 import type { SnapshotRecord } from '../state/records.js';
 import { HIDDEN_CLONE_TAG_PREFIX } from './backend.js';
 import type { DriverContext } from './context.js';
@@ -57,6 +58,17 @@ export async function recoverState(d: DriverContext, storedVolumeIds: readonly s
     }
     if (!d.backend.hasVolume(v.volumeId)) r.volumesMissingInEngine.push(v.volumeId);
     if (v.stage || Object.keys(v.publish).length > 0) {
+      // Binds of a block device node carry the major:minor of /dev, not of the loop device, so the data
+      // path's cleanup cannot find them: unmount them here (lazily: a pod may still hold them open).
+      for (const pub of Object.values(v.publish)) {
+        if (pub.accessType !== 'block') continue;
+        await unmount(pub.targetPath, { lazy: true }).catch((err: unknown) =>
+          d.log.warn(
+            { err, volumeId: v.volumeId, targetPath: pub.targetPath },
+            'Failed to unmount a stale block publish',
+          ),
+        );
+      }
       await d.state.putVolume({ ...v, stage: null, publish: {} });
       r.volumesUnstaged.push(v.volumeId);
     }

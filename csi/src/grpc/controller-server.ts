@@ -71,8 +71,10 @@ function unimplemented(method: string, why: string): () => Promise<never> {
 
 export function controllerHandlers(deps: ControllerDeps): grpc.UntypedServiceImplementation {
   const { driver, volumes, snapshots } = deps;
+  // published_node_ids stays empty: without LIST_VOLUMES_PUBLISHED_NODES the CO must not read it, and there
+  // is no controller publish step to report.
   const volumeStatus = async (rec: VolumeRecord): Promise<object> => ({
-    published_node_ids: rec.stage ? [driver.options.nodeId] : [],
+    published_node_ids: [],
     volume_condition: await driver.backend.condition(rec.volumeId),
   });
   return {
