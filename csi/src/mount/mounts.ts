@@ -35,7 +35,13 @@ export async function mountDevice(device: string, target: string, opts: MountOpt
     throw new MountError('DP_ERR_MOUNT', `${target} is already a mount point of ${existing.source}`);
   }
   const o = [...(opts.readOnly ? ['ro'] : []), ...(opts.options ?? [])];
-  if (opts.fsType === 'xfs' && opts.readOnly) o.push('norecovery');
+  if (opts.fsType === 'xfs') {
+    // Snapshots and clones of a volume carry its file-system UUID; XFS refuses a second mount of one UUID
+    // on a node ("duplicate UUID") unless told nouuid.
+    if (!o.includes('nouuid')) o.push('nouuid');
+    // A frozen cut is consistent in place; a read-only mount must not (and cannot) replay the log.
+    if (opts.readOnly && !o.includes('norecovery')) o.push('norecovery');
+  }
   const args = ['-t', opts.fsType, ...(o.length ? ['-o', o.join(',')] : []), device, target];
   try {
     await run('mount', args);
