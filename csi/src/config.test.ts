@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: Apache-2.0
+import { describe, expect, it } from 'vitest';
+import { ConfigError, FLAGS, helpText, parseConfig, socketPath } from './config.js';
+
+const base = ['--node-id', 'n1'];
+
+describe('parseConfig', () => {
+  it('8-1 defaults, and the result is frozen', () => {
+    const c = parseConfig(base);
+    expect(c).toMatchObject({
+      nodeId: 'n1',
+      driverName: 'csi.loopsnap.dev',
+      endpoint: 'unix:///run/loopsnap/csi.sock',
+      stateDir: '/var/lib/loopsnap',
+      tcpEndpoint: '',
+      blockSizeBytes: 4096,
+      insecureTcp: false,
+    });
+    expect(Object.isFrozen(c)).toBe(true);
+    expect(socketPath(c)).toBe('/run/loopsnap/csi.sock');
+  });
+
+  it('8-2 both flag spellings, bare booleans', () => {
+    const c = parseConfig([
+      ...base,
+      '--state-dir=/s',
+      '--fuse-workers',
+      '4',
+      '--tcp-endpoint',
+      '127.0.0.1:0',
+      '--insecure-tcp',
+    ]);
+    expect(c).toMatchObject({ stateDir: '/s', fuseWorkers: 4, tcpEndpoint: '127.0.0.1:0', insecureTcp: true });
+    expect(parseConfig([...base, '--insecure-tcp=false']).insecureTcp).toBe(false);
+  });
+
+  it.each([
+    ['8-3a no node id', [], /no node id provided/],
+    ['8-3b unknown flag', [...base, '--nope'], /unknown flag --nope/],
+    ['8-3c missing value', [...base, '--state-dir'], /needs a value/],
+    ['8-3d bad integer', [...base, '--fuse-workers', 'two'], /non-negative integer/],
+    ['8-3e relative state dir', [...base, '--state-dir', 'rel'], /absolute/],
+    ['8-3f tcp endpoint', [...base, '--endpoint', 'tcp://x:1'], /unix:\/\/\//],
+    ['8-3g TLS required', [...base, '--tcp-endpoint', ':9820'], /needs --tls-cert-file/],
+    ['8-3h block size', [...base, '--block-size-bytes', '3000'], /power of two/],
+    ['8-3i fs type', [...base, '--default-fs-type', 'btrfs'], /ext4 or xfs/],
+    ['8-3j registry without endpoint', [...base, '--in-cluster'], /needs --tcp-endpoint/],
+    ['8-3k positional', [...base, 'extra'], /unexpected argument/],
+  ])('%s', (_n, argv, message) => {
+    expect(() => parseConfig(argv)).toThrow(ConfigError);
+    expect(() => parseConfig(argv)).toThrow(message);
+  });
+
+  it('8-4 TLS files satisfy the TCP endpoint', () => {
+    const c = parseConfig([
+      ...base,
+      '--tcp-endpoint',
+      ':9820',
+      '--tls-cert-file',
+      'c',
+      '--tls-key-file',
+      'k',
+      '--tls-client-ca-file',
+      'ca',
+    ]);
+    expect(c).toMatchObject({ tlsCertFile: 'c', tlsKeyFile: 'k', tlsClientCaFile: 'ca' });
+  });
+
+  it('8-5 help lists every flag with its default', () => {
+    const h = helpText();
+    for (const name of Object.keys(FLAGS)) expect(h).toContain(`--${name}`);
+    expect(h).toContain('(default csi.loopsnap.dev)');
+  });
+});
