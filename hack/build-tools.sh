@@ -6,6 +6,7 @@
 #   hack/build-tools.sh                  build every tool that is missing or stale
 #   hack/build-tools.sh etcd csi-sanity  build only these
 #   hack/build-tools.sh --regen k8s      regenerate a wrapper module's go.mod/go.sum (after a version bump)
+#   LOOPSNAP_SKIP_PROMTOOL=1             leave promtool out of the default set (its tests then say it is absent)
 #
 # Wrapper modules live in hack/tools/<module>/ with committed go.mod and go.sum.
 set -euo pipefail
@@ -24,7 +25,8 @@ export GOFLAGS="-mod=mod -buildvcs=false"
 export CGO_ENABLED=0
 mkdir -p "$BIN_DIR" "$GOMODCACHE" "$GOCACHE"
 
-ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kubectl csi-sanity)
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kubectl csi-sanity helm kubeconform)
+[ "${LOOPSNAP_SKIP_PROMTOOL:-}" = 1 ] || ALL_TOOLS+=(promtool)
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
 die() { printf '[build-tools] error: %s\n' "$*" >&2; exit 1; }
@@ -38,6 +40,7 @@ module_of() {
     etcd) echo etcd ;;
     kube-apiserver|kube-controller-manager|kubectl) echo k8s ;;
     csi-sanity) echo csi-sanity ;;
+    helm|kubeconform|promtool) echo "$1" ;;
     *) die "unknown tool: $1 (known: ${ALL_TOOLS[*]})" ;;
   esac
 }
@@ -47,6 +50,9 @@ package_of() {
     etcd) echo . ;;
     kube-apiserver|kube-controller-manager|kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
     csi-sanity) echo github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
+    helm) echo helm.sh/helm/v3/cmd/helm ;;
+    kubeconform) echo github.com/yannh/kubeconform/cmd/kubeconform ;;
+    promtool) echo github.com/prometheus/prometheus/cmd/promtool ;;
   esac
 }
 
@@ -55,6 +61,9 @@ version_of() {
     etcd) echo "$ETCD_VERSION" ;;
     kube-apiserver|kube-controller-manager|kubectl) echo "$K8S_VERSION" ;;
     csi-sanity) echo "$CSI_SANITY_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
+    kubeconform) echo "$KUBECONFORM_VERSION" ;;
+    promtool) echo "$PROMETHEUS_VERSION" ;;
   esac
 }
 
@@ -70,6 +79,16 @@ ldflags_of() {
       local v="$K8S_VERSION" minor
       minor="$(echo "$v" | cut -d. -f2)"
       echo "-s -w -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/component-base/version.gitTreeState=clean"
+      ;;
+    helm)
+      echo "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+      ;;
+    kubeconform) echo "-s -w -X main.version=$KUBECONFORM_VERSION" ;;
+    promtool)
+      # Module tag v0.3MM.P is Prometheus v3.MM.P.
+      local p="${PROMETHEUS_VERSION#v0.3}" minor patch
+      minor="$((10#${p%%.*}))"; patch="${p#*.}"
+      echo "-s -w -X github.com/prometheus/common/version.Version=3.$minor.$patch"
       ;;
     *) echo "-s -w" ;;
   esac
@@ -113,12 +132,28 @@ regen_csi_sanity() {
   (cd "$dir" && go mod tidy)
 }
 
+# A wrapper module that pins one command: go.mod requiring <module>@<version> and a tools.go importing <pkg>.
+regen_single() { # dir-name module version package
+  local dir="$TOOLS_DIR/$1" goline
+  mkdir -p "$dir"
+  goline="$(cd /tmp && sed -n 's/^go \(.*\)/\1/p' "$(go mod download -json "$2@$3" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')")"
+  [ -n "$goline" ] || die "could not download $2@$3"
+  printf 'module loopsnap.dev/hack/tools/%s\n\ngo %s\n\nrequire %s %s\n' "$1" "$goline" "$2" "$3" > "$dir/go.mod"
+  printf '//go:build tools\n\n// Package tools pins %s so that go.sum checksums every dependency.\npackage tools\n\nimport _ "%s"\n' \
+    "$(basename "$4")" "$4" > "$dir/tools.go"
+  rm -f "$dir/go.sum"
+  (cd "$dir" && go mod tidy)
+}
+
 regen() {
   case "$1" in
     k8s) regen_k8s ;;
     etcd) regen_etcd ;;
     csi-sanity) regen_csi_sanity ;;
-    *) die "unknown wrapper module: $1 (known: k8s etcd csi-sanity)" ;;
+    helm) regen_single helm helm.sh/helm/v3 "$HELM_VERSION" "$(package_of helm)" ;;
+    kubeconform) regen_single kubeconform github.com/yannh/kubeconform "$KUBECONFORM_VERSION" "$(package_of kubeconform)" ;;
+    promtool) regen_single promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" "$(package_of promtool)" ;;
+    *) die "unknown wrapper module: $1 (known: k8s etcd csi-sanity helm kubeconform promtool)" ;;
   esac
 }
 
