@@ -79,6 +79,25 @@ describe('data path: FUSE pass-through views', () => {
     },
   );
 
+  it.skipIf(!isRoot)('1-3 (root) quiesce holds new I/O on a view until it is released, then I/O resumes', async () => {
+    const dir = await res.tempDir();
+    const stateDir = res.stateDir(join(dir, 'state'));
+    const img = join(dir, 'base.img');
+    await writeFile(img, '');
+    await truncate(img, 8 << 20);
+    const host = res.host(await startHost());
+    await host.call('start', { stateDir, workers: 2 });
+    await host.call('exposeFile', { name: 'v', path: img });
+    const loop = await host.call<LoopDevice>('attach', { name: 'v' });
+    res.loop(loop.device);
+    const released = host.call<number>('quiesce', { name: 'v', holdMs: 800 });
+    await new Promise((r) => setTimeout(r, 100));
+    await sh('dd', [`if=${loop.device}`, 'of=/dev/null', 'bs=4096', 'count=1', 'skip=7', 'iflag=direct']);
+    const readDone = Date.now();
+    expect(readDone).toBeGreaterThanOrEqual(await released);
+    await sh('dd', ['if=/dev/zero', `of=${loop.device}`, 'bs=4096', 'count=1', 'oflag=direct']);
+  });
+
   it.skipIf(!isRoot)(
     '2-1 (root) after kill -9 of the server its loop device fails I/O, and restart cleans up only our own state',
     async () => {

@@ -57,7 +57,13 @@ export const baseMethods: Record<string, HostMethod> = {
   attach: async (ctx, p) => requireDatapath(ctx).attach(str(p, 'name'), { readOnly: p.readOnly === true }),
   detach: async (ctx, p) => requireDatapath(ctx).detach(str(p, 'name')),
   views: async (ctx) => requireDatapath(ctx).views(),
-  stats: async (ctx, p) => requireDatapath(ctx).fuse.openCount(str(p, 'name')),
+  openCount: async (ctx, p) => requireDatapath(ctx).fuse.openCount(str(p, 'name')),
+  /** Holds the view's gate closed for holdMs (tests of FuseServer.quiesce). */
+  quiesce: async (ctx, p) =>
+    requireDatapath(ctx).fuse.quiesce(str(p, 'name'), async () => {
+      await new Promise((r) => setTimeout(r, typeof p.holdMs === 'number' ? p.holdMs : 0));
+      return Date.now();
+    }),
   stop: async (ctx, p) => {
     await ctx.datapath?.stop({ force: p.force === true });
     ctx.datapath = undefined;

@@ -8,7 +8,7 @@
 // block on I/O that goes through the mount (see mount/exec.ts): it would deadlock against its own workers.
 import { closeSync, existsSync, constants as fsConstants, openSync, statSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
@@ -272,9 +272,9 @@ export class FuseServer {
   }
 
   /**
-   * Runs `fn` while no request is inside the view: closes its gate, waits for requests in flight (including
-   * fast-path writes that already passed their bit check), runs `fn`, reopens the gate. The cut of a snapshot
-   * of a live view runs here. `fn` must not wait for I/O on this view.
+   * Runs `fn` while no request of the view is in flight: closes its gate (new requests wait in the workers),
+   * waits for requests inside the workers and for handed-off ones, runs `fn`, reopens the gate. For work that
+   * must see a view idle (refreshing an RW snapshot under its view). `fn` must not wait for I/O on this view.
    */
   async quiesce<T>(name: string, fn: () => Promise<T>): Promise<T> {
     const v = this.views.get(name);
@@ -284,6 +284,7 @@ export class FuseServer {
     }
     try {
       await waitZero(v.ctl, CTL_BUSY);
+      while (v.pending.count > 0) await new Promise((r) => setTimeout(r, 1));
       return await fn();
     } finally {
       Atomics.store(v.ctl, CTL_GATE, 0);
@@ -320,6 +321,7 @@ export class FuseServer {
     this.views.clear();
     this.byNode.clear();
     closeFuseDevice(this.fuseFd);
+    if (this.dioProbePath) await rm(this.dioProbePath, { force: true });
     this.stopped = true;
     this.log.info('Stopped FUSE server');
   }

@@ -4,7 +4,9 @@
 // Every exposed view has a control block `ctl` (Int32Array on a SharedArrayBuffer):
 //   [CTL_STATE] 1 = active, 2 = removed (workers answer ENOENT and drop the view)
 //   [CTL_BUSY]  requests currently using the view (its fd or maps); incremented on entry, decremented on exit
-//   [CTL_GATE]  0 = open; 1 = closed while the main thread cuts a snapshot: workers back off before entering
+//   [CTL_GATE]  0 = open; 1 = closed while the main thread needs the view drained (FuseServer.quiesce, e.g.
+//               refreshing an RW snapshot): workers back off before entering. Cuts of a live view do not use
+//               it: the engine has its own gate for the fast path (engine/shared-state.ts).
 //   [CTL_OPENS] open file handles (OPEN minus RELEASE), so the main thread refuses to drop a view in use
 // Entry protocol (worker): BUSY += 1, then read GATE; if closed, BUSY -= 1, wait on GATE, retry. Quiesce
 // (main): GATE = 1, then wait until BUSY == 0. With sequentially consistent Atomics either the worker sees the
