@@ -11,8 +11,7 @@ import { statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../../common/src/log.js';
 import type { SnapshotInfo, SnapshotVolume } from '../engine/volume.js';
-import { Datapath } from '../frontend/datapath.js';
-import { livePort } from '../frontend/engine-ports.js';
+import { Datapath, type LiveVolumePort } from '../frontend/datapath.js';
 import { isReachable } from '../frontend/fuse-mount.js';
 import { describeLoop, type LoopDevice, loopForFile } from '../mount/loop-device.js';
 import { VolumeStore } from '../store/volume-store.js';
@@ -319,6 +318,22 @@ export class EngineBackend implements VolumeBackend {
   private clonePath(volumeId: string): string {
     return join(this.store.volumeDir(volumeId), 'clone.img');
   }
+}
+
+/** The data path's view port of a volume's live view (pread/pwrite of clone.img on the fast path). */
+function livePort(volume: SnapshotVolume, clonePath: string): LiveVolumePort {
+  return {
+    get sizeBytes() {
+      return volume.sizeBytes;
+    },
+    blockSize: volume.blockSize,
+    clonePath,
+    fastPath: () => volume.sharedState(),
+    read: (offset, into) => volume.readInto(offset, into),
+    write: (offset, data) => volume.write(offset, data),
+    discard: (offset, length) => volume.discard(offset, length),
+    flush: () => volume.flush(),
+  };
 }
 
 function toSnapshot(info: SnapshotInfo): EngineSnapshot {
