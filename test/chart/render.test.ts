@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: Apache-2.0
+// charts/loopsnap rendered with helm: lint and template for the defaults and the value matrix, bad values
+// refused at install time (values.schema.json and the templates' own checks), and what the defaults install.
+import { lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
+import { REPO_ROOT } from '../support/paths.js';
+import { CHART_DIR, cleanStderr, find, helmLint, helmTemplate, type K8sObject, only, render } from './lib/helm.js';
+import { MATRIX } from './lib/matrix.js';
+
+type Container = {
+  name: string;
+  image: string;
+  args?: string[];
+  command?: string[];
+  securityContext?: Record<string, unknown>;
+  volumeMounts?: Array<{ name: string; mountPath: string; mountPropagation?: string }>;
+};
+type PodSpec = {
+  containers: Container[];
+  serviceAccountName: string;
+  volumes: Array<{ name: string; hostPath?: { path: string }; secret?: { secretName: string } }>;
+  hostNetwork?: boolean;
+  priorityClassName?: string;
+};
+
+function podSpec(o: K8sObject): PodSpec {
+  return (o.spec as { template: { spec: PodSpec } }).template.spec;
+}
+
+function container(o: K8sObject, name: string): Container {
+  const c = podSpec(o).containers.find((x) => x.name === name);
+  if (!c) throw new Error(`no container ${name} in ${o.kind} ${o.metadata.name}`);
+  return c;
+}
+
+function flag(c: Container, name: string): string | undefined {
+  const a = c.args?.find((x) => x.startsWith(`--${name}=`) || x === `--${name}`);
+  return a === undefined ? undefined : a.includes('=') ? a.slice(a.indexOf('=') + 1) : 'true';
+}
+
+describe('helm lint and template', () => {
+  it.each(MATRIX)('lints cleanly (--strict) with $name', ({ values }) => {
+    const r = helmLint(values);
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
+  });
+
+  it.each(MATRIX)('renders parseable manifests with labels on every object with $name', ({ values }) => {
+    const { objects } = render({ values, includeCrds: true });
+    expect(objects.length).toBeGreaterThan(0);
+    for (const o of objects) {
+      expect(o.apiVersion, `${o.kind} ${o.metadata.name}`).toBeTruthy();
+      expect(o.metadata.name, o.kind).toMatch(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/);
+      expect(o.metadata.name.length, o.metadata.name).toBeLessThanOrEqual(
+        o.kind === 'CustomResourceDefinition' ? 253 : 63,
+      );
+      if (o.kind !== 'CustomResourceDefinition' || o.metadata.name.endsWith('.loopsnap.dev')) {
+        expect(o.metadata.labels?.['app.kubernetes.io/part-of'], `${o.kind} ${o.metadata.name}`).toBe('loopsnap');
+      }
+    }
+    const keys = objects.map((o) => `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`);
+    expect(new Set(keys).size, 'duplicate objects').toBe(keys.length);
+  });
+});
+
+describe('what the defaults install', () => {
+  const { objects } = render({ includeCrds: true });
+
+  it('lists exactly the expected kinds', () => {
+    const kinds = [...new Set(objects.map((o) => o.kind))].sort();
+    expect(kinds).toEqual(
+      [
+        'ClusterRole',
+        'ClusterRoleBinding',
+        'CSIDriver',
+        'CustomResourceDefinition',
+        'DaemonSet',
+        'Deployment',
+        'PodDisruptionBudget',
+        'Role',
+        'RoleBinding',
+        'Secret',
+        'Service',
+        'ServiceAccount',
+        'StorageClass',
+        'VolumeSnapshotClass',
+      ].sort(),
+    );
+  });
+
+  it('runs 2 controller replicas with leader election, a PDB and the chart ServiceAccount', () => {
+    const d = only(objects, 'Deployment');
+    expect((d.spec as { replicas: number }).replicas).toBe(2);
+    const c = container(d, 'controller');
+    expect(c.command).toEqual(['loopsnap-controller']);
+    expect(flag(c, 'leader-election')).toBe('true');
+    expect(flag(c, 'leader-election-id')).toBe('loopsnap-controller-leader');
+    expect(flag(c, 'namespace')).toBe('loopsnap');
+    expect(flag(c, 'registry-namespace')).toBe('loopsnap');
+    expect(flag(c, 'tls-server-name')).toBe('loopsnap-node.loopsnap.svc');
+    expect(c.securityContext).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false });
+    expect(podSpec(d).serviceAccountName).toBe('loopsnap-controller');
+    const pdb = only(objects, 'PodDisruptionBudget');
+    expect((pdb.spec as { minAvailable: number }).minAvailable).toBe(1);
+  });
+
+  it('runs a privileged node plugin with host mounts and the node-driver-registrar', () => {
+    const ds = only(objects, 'DaemonSet');
+    const plugin = container(ds, 'node-plugin');
+    expect(plugin.command).toEqual(['loopsnap-node']);
+    expect(plugin.securityContext?.privileged).toBe(true);
+    expect(flag(plugin, 'endpoint')).toBe('unix:///csi/csi.sock');
+    expect(flag(plugin, 'in-cluster')).toBe('true');
+    expect(flag(plugin, 'advertise-endpoint')).toBe('$(POD_IP):9820');
+    const mounts = Object.fromEntries((plugin.volumeMounts ?? []).map((m) => [m.mountPath, m.mountPropagation ?? '']));
+    expect(mounts).toMatchObject({
+      '/csi': '',
+      '/dev': '',
+      '/var/lib/loopsnap': 'Bidirectional',
+      '/var/lib/kubelet/pods': 'Bidirectional',
+      '/var/lib/kubelet/plugins': 'Bidirectional',
+    });
+    const hostPaths = podSpec(ds)
+      .volumes.map((v) => v.hostPath?.path)
+      .filter(Boolean);
+    expect(hostPaths.sort()).toEqual(
+      [
+        '/dev',
+        '/var/lib/kubelet/plugins',
+        '/var/lib/kubelet/plugins/csi.loopsnap.dev',
+        '/var/lib/kubelet/plugins_registry',
+        '/var/lib/kubelet/pods',
+        '/var/lib/loopsnap',
+      ].sort(),
+    );
+    const reg = container(ds, 'node-driver-registrar');
+    expect(reg.image).toBe('registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.17.0');
+    expect(flag(reg, 'kubelet-registration-path')).toBe('/var/lib/kubelet/plugins/csi.loopsnap.dev/csi.sock');
+    expect(podSpec(ds).priorityClassName).toBe('system-node-critical');
+  });
+
+  it('declares the CSIDriver without attach, with pod info and capacity tracking', () => {
+    const d = only(objects, 'CSIDriver', 'csi.loopsnap.dev');
+    expect(d.spec).toMatchObject({
+      attachRequired: false,
+      podInfoOnMount: true,
+      storageCapacity: true,
+      volumeLifecycleModes: ['Persistent'],
+    });
+  });
+
+  it('creates one VolumeSnapshotClass per method, exactly one of them the default', () => {
+    const classes = find(objects, 'VolumeSnapshotClass') as Array<
+      K8sObject & { driver: string; parameters: { method: string } }
+    >;
+    expect(classes.map((c) => c.parameters.method).sort()).toEqual(['clone', 'meta-bitmap', 'save-volume']);
+    expect(classes.every((c) => c.driver === 'csi.loopsnap.dev')).toBe(true);
+    const defaults = classes.filter(
+      (c) => c.metadata.annotations?.['snapshot.storage.kubernetes.io/is-default-class'] === 'true',
+    );
+    expect(defaults.map((c) => c.parameters.method)).toEqual(['save-volume']);
+    const sc = only(objects, 'StorageClass') as K8sObject & Record<string, unknown>;
+    expect(sc).toMatchObject({ provisioner: 'csi.loopsnap.dev', volumeBindingMode: 'WaitForFirstConsumer' });
+  });
+
+  it('generates mutual-TLS material: a CA signing a server certificate for the node plugins and a client certificate', async () => {
+    const { X509Certificate } = await import('node:crypto');
+    const secrets = find(objects, 'Secret') as Array<K8sObject & { data: Record<string, string> }>;
+    expect(secrets.map((s) => s.metadata.name).sort()).toEqual(['loopsnap-controller-tls', 'loopsnap-node-tls']);
+    const pem = (s: K8sObject & { data: Record<string, string> }, k: string): string =>
+      Buffer.from(s.data[k]!, 'base64').toString();
+    const node = secrets.find((s) => s.metadata.name === 'loopsnap-node-tls')!;
+    const ctl = secrets.find((s) => s.metadata.name === 'loopsnap-controller-tls')!;
+    expect(pem(node, 'ca.crt')).toBe(pem(ctl, 'ca.crt'));
+    const ca = new X509Certificate(pem(node, 'ca.crt'));
+    const server = new X509Certificate(pem(node, 'tls.crt'));
+    const client = new X509Certificate(pem(ctl, 'tls.crt'));
+    expect(server.verify(ca.publicKey)).toBe(true);
+    expect(client.verify(ca.publicKey)).toBe(true);
+    expect(server.checkHost('loopsnap-node.loopsnap.svc')).toBe('loopsnap-node.loopsnap.svc');
+    expect(server.checkPrivateKey((await import('node:crypto')).createPrivateKey(pem(node, 'tls.key')))).toBe(true);
+  });
+});
+
+describe('CRDs come from the repository crds/ directory', () => {
+  it('the snapshot CRDs are the subchart crds/ symlink to crds/snapshot.storage.k8s.io', () => {
+    const link = join(CHART_DIR, 'charts', 'snapshot-crds', 'crds');
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(realpathSync(link)).toBe(realpathSync(join(REPO_ROOT, 'crds', 'snapshot.storage.k8s.io')));
+    expect(readlinkSync(link).startsWith('..')).toBe(true);
+    const files = join(CHART_DIR, 'files', 'crds');
+    expect(lstatSync(files).isSymbolicLink()).toBe(true);
+    expect(realpathSync(files)).toBe(realpathSync(join(REPO_ROOT, 'crds')));
+  });
+
+  it('helm template --include-crds emits every snapshot CRD file unchanged', () => {
+    const dir = join(REPO_ROOT, 'crds', 'snapshot.storage.k8s.io');
+    const { objects } = render({ includeCrds: true });
+    const files = readdirSync(dir).filter((f) => f.endsWith('.yaml'));
+    expect(files.length).toBe(3);
+    for (const f of files) {
+      for (const doc of parseAllDocuments(readFileSync(join(dir, f), 'utf8'))) {
+        const want = doc.toJS() as K8sObject;
+        expect(only(objects, 'CustomResourceDefinition', want.metadata.name)).toEqual(want);
+      }
+    }
+  });
+
+  it('snapshotCrds.install=false leaves the snapshot CRDs out', () => {
+    const { objects } = render({ includeCrds: true, values: { snapshotCrds: { install: false } } });
+    expect(
+      find(objects, 'CustomResourceDefinition').filter((c) => c.metadata.name.endsWith('.snapshot.storage.k8s.io')),
+    ).toEqual([]);
+  });
+
+  it('renders every crds/loopsnap.dev file as a template with the keep policy, and none when crds.install=false', () => {
+    const dir = join(REPO_ROOT, 'crds', 'loopsnap.dev');
+    const expected: K8sObject[] = [];
+    try {
+      for (const f of readdirSync(dir).filter((x) => /\.ya?ml$/.test(x))) {
+        for (const doc of parseAllDocuments(readFileSync(join(dir, f), 'utf8'))) {
+          const o = doc.toJS() as K8sObject | null;
+          if (o) expected.push(o);
+        }
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    const { objects } = render();
+    const ours = find(objects, 'CustomResourceDefinition');
+    expect(ours.map((o) => o.metadata.name).sort()).toEqual(expected.map((o) => o.metadata.name).sort());
+    for (const want of expected) {
+      const got = only(ours, 'CustomResourceDefinition', want.metadata.name);
+      expect(got.metadata.annotations?.['helm.sh/resource-policy']).toBe('keep');
+      expect(got.metadata.labels?.['app.kubernetes.io/part-of']).toBe('loopsnap');
+      const strip = (o: K8sObject): unknown => ({ ...o, metadata: { name: o.metadata.name } });
+      expect(strip(got)).toEqual(strip(want));
+    }
+    expect(find(render({ values: { crds: { install: false } } }).objects, 'CustomResourceDefinition')).toEqual([]);
+  });
+});
+
+describe('bad values fail at install time with a reason', () => {
+  const bad: Array<{ name: string; args: string[]; values?: Record<string, unknown>; reason: RegExp }> = [
+    { name: 'an unknown top-level field', args: ['--set', 'replicas=3'], reason: /additional properties 'replicas'/ },
+    {
+      name: 'an unknown nested field',
+      args: ['--set', 'node.statedir=/x'],
+      reason: /additional properties 'statedir'/,
+    },
+    { name: 'zero controller replicas', args: ['--set', 'controller.replicas=0'], reason: /controller\/replicas/ },
+    { name: 'a relative state dir', args: ['--set', 'node.stateDir=var/lib/x'], reason: /node\/stateDir/ },
+    { name: 'an unknown TLS source', args: ['--set', 'tls.source=vault'], reason: /tls\/source/ },
+    { name: 'a bad log level', args: ['--set', 'node.logLevel=verbose'], reason: /node\/logLevel/ },
+    { name: 'a bad duration', args: ['--set', 'controller.timeout=1 minute'], reason: /controller\/timeout/ },
+    { name: 'a string port', args: ['--set-string', 'node.grpcPort=http'], reason: /node\/grpcPort/ },
+    { name: 'an unknown file system', args: ['--set', 'storageClass.fsType=btrfs'], reason: /storageClass\/fsType/ },
+    {
+      name: 'a StorageClass parameter the node plugin refuses',
+      args: ['--set', 'storageClass.parameters.speed=fast'],
+      reason: /does not match pattern/,
+    },
+    {
+      name: 'an unknown snapshot method',
+      args: [
+        '--set',
+        'volumeSnapshotClasses.classes[0].name=x',
+        '--set',
+        'volumeSnapshotClasses.classes[0].method=zfs',
+      ],
+      reason: /method/,
+    },
+    {
+      name: 'tls.source=secret without Secret names',
+      args: ['--set', 'tls.source=secret'],
+      reason: /tls\/secret|nodeSecretName/,
+    },
+    {
+      name: 'two default VolumeSnapshotClasses',
+      args: [],
+      values: {
+        volumeSnapshotClasses: {
+          classes: [
+            { name: 'a', method: 'clone', default: true },
+            { name: 'b', method: 'save-volume', default: true },
+          ],
+        },
+      },
+      reason: /at most one class may have default: true/,
+    },
+    {
+      name: 'two VolumeSnapshotClasses with one name',
+      args: [],
+      values: {
+        volumeSnapshotClasses: {
+          classes: [
+            { name: 'a', method: 'clone' },
+            { name: 'a', method: 'save-volume' },
+          ],
+        },
+      },
+      reason: /the name "a" appears twice/,
+    },
+    {
+      name: 'two replicas without leader election',
+      args: ['--set', 'controller.leaderElection.enabled=false'],
+      reason: /needs controller.replicas=1/,
+    },
+    {
+      name: 'a PDB that blocks every drain',
+      args: ['--set', 'controller.podDisruptionBudget.minAvailable=2'],
+      reason: /minAvailable must be smaller than controller.replicas/,
+    },
+    {
+      name: 'a ServiceMonitor without metrics Services',
+      args: ['--set', 'metrics.serviceMonitor.enabled=true', '--set', 'metrics.service.enabled=false'],
+      reason: /needs metrics.service.enabled/,
+    },
+    {
+      name: 'an existing ServiceAccount without a name',
+      args: ['--set', 'node.serviceAccount.create=false'],
+      reason: /node.serviceAccount.name is required/,
+    },
+  ];
+
+  it.each(bad)('refuses $name', ({ args, values, reason }) => {
+    const r = helmTemplate({ args, ...(values ? { values } : {}) });
+    expect(r.code).not.toBe(0);
+    expect(cleanStderr(r.stderr)).toMatch(reason);
+  });
+});
