@@ -417,4 +417,21 @@ describe('driver services', () => {
     await rejectsWith(volumes.expand(a.volumeId, { required_bytes: String(128 * MiB) }), 'OUT_OF_RANGE');
     await rejectsWith(volumes.expand('vol-00000000000000000000000000000000', { required_bytes: '1' }), 'NOT_FOUND');
   });
+  it('6-10 a snapshot invalidated by a full save pool reads as not ready and cannot be restored', async () => {
+    const a = await volumes.create(input('a'));
+    const v = backend.vol(a.volumeId);
+    await v.write(0, new Uint8Array(16384).fill(1));
+    const s = await snapshots.create({ name: 's', sourceVolumeId: a.volumeId, parameters: {} });
+    expect(snapshots.get(s.snapshotId).readyToUse).toBe(true);
+    await v.setSaveQuota(4096);
+    await v.write(0, new Uint8Array(16384).fill(2));
+    expect(backend.getSnapshot(a.volumeId, s.engineSnapshotId)?.state).toBe('invalid');
+    expect(snapshots.get(s.snapshotId).readyToUse).toBe(false);
+    const listed = snapshots.list({ snapshotId: s.snapshotId, sourceVolumeId: '', maxEntries: 0, startingToken: '' });
+    expect(listed.entries.map((e) => e.readyToUse)).toEqual([false]);
+    const restore = volumes.create(input('r', { contentSource: { kind: 'snapshot', snapshotId: s.snapshotId } }));
+    await expect(restore).rejects.toMatchObject({ grpcStatus: 'FAILED_PRECONDITION', code: 'CSI_ERR_NOT_READY' });
+    expect(d.state.volumeByName('r')).toBeUndefined();
+    await snapshots.delete(s.snapshotId);
+  });
 });

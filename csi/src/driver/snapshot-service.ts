@@ -90,7 +90,7 @@ export class SnapshotService {
     });
   }
 
-  /** The ready record of `snapshotId`; NOT_FOUND otherwise. */
+  /** The ready record of `snapshotId` (readyToUse as the engine sees it now); NOT_FOUND otherwise. */
   get(snapshotId: string): SnapshotRecord {
     const rec = isSnapshotId(snapshotId) ? this.d.state.snapshot(snapshotId) : undefined;
     if (!rec || rec.phase !== 'ready') {
@@ -98,18 +98,29 @@ export class SnapshotService {
         details: { snapshotId },
       });
     }
-    return rec;
+    return this.effective(rec);
+  }
+
+  /**
+   * A snapshot that lost before-images when its volume's save pool was full (EC-5) can no longer be read:
+   * it is reported with readyToUse = false (and restores from it fail with FAILED_PRECONDITION).
+   */
+  private effective(rec: SnapshotRecord): SnapshotRecord {
+    if (!rec.readyToUse || rec.method === 'clone') return rec;
+    const engine = this.d.backend.getSnapshot(rec.sourceVolumeId, rec.engineSnapshotId);
+    return engine === undefined || engine.state === 'invalid' ? { ...rec, readyToUse: false } : rec;
   }
 
   list(input: ListSnapshotsInput): Page<SnapshotRecord> {
     let items = this.d.state.snapshots().filter((s) => s.phase === 'ready');
     if (input.snapshotId !== '') items = items.filter((s) => s.snapshotId === input.snapshotId);
     if (input.sourceVolumeId !== '') items = items.filter((s) => s.sourceVolumeId === input.sourceVolumeId);
-    return paginate(items, (s) => s.snapshotId, {
+    const page = paginate(items, (s) => s.snapshotId, {
       maxEntries: input.maxEntries,
       startingToken: input.startingToken,
       validToken: isSnapshotId,
     });
+    return { ...page, entries: page.entries.map((s) => this.effective(s)) };
   }
 
   private async cut(

@@ -190,6 +190,15 @@ export class VolumeService {
         throw new CsiError('CSI_ERR_SOURCE_NOT_FOUND', `source snapshot ${src.snapshotId} does not exist`);
       }
       if (!snap.readyToUse) throw new CsiError('CSI_ERR_NOT_READY', `source snapshot ${src.snapshotId} is not ready`);
+      if (
+        snap.method !== 'clone' &&
+        this.d.backend.getSnapshot(snap.sourceVolumeId, snap.engineSnapshotId)?.state !== 'valid'
+      ) {
+        throw new CsiError(
+          'CSI_ERR_NOT_READY',
+          `source snapshot ${src.snapshotId} lost data when its volume's save pool was full; it can only be deleted`,
+        );
+      }
       if (snap.sizeBytes > sizeBytes) {
         throw new CsiError(
           'CSI_ERR_CAPACITY',
