@@ -78,7 +78,7 @@ export function controllerHandlers(deps: ControllerDeps): grpc.UntypedServiceImp
     volume_condition: await driver.backend.condition(rec.volumeId),
   });
   return {
-    CreateVolume: unary(deps, 'CreateVolume', async (req: CreateVolumeRequest, ctx) => {
+    CreateVolume: unary(deps, 'CreateVolume', async (req: CreateVolumeRequest) => {
       const name = requireName('name', req.name);
       const capabilities = requireCapabilities('volume_capabilities', req.volume_capabilities);
       if (Object.keys(req.mutable_parameters ?? {}).length > 0) {
@@ -87,17 +87,16 @@ export function controllerHandlers(deps: ControllerDeps): grpc.UntypedServiceImp
           'mutable_parameters are not supported (no MODIFY_VOLUME capability)',
         );
       }
-      const rec = await volumes.create(
-        {
-          name,
-          capacityRange: req.capacity_range ?? null,
-          capabilities,
-          parameters: stringMap(req.parameters),
-          contentSource: contentSourceOf(req.volume_content_source),
-          accessibility: req.accessibility_requirements ?? null,
-        },
-        ctx.signal,
-      );
+      // No cancellation: a copy that outlives the caller's deadline completes, and the CO's retry (same
+      // name) gets ABORTED while it runs and the finished volume afterwards.
+      const rec = await volumes.create({
+        name,
+        capacityRange: req.capacity_range ?? null,
+        capabilities,
+        parameters: stringMap(req.parameters),
+        contentSource: contentSourceOf(req.volume_content_source),
+        accessibility: req.accessibility_requirements ?? null,
+      });
       return { volume: toCsiVolume(rec, driver.topology()) };
     }),
 
