@@ -133,4 +133,42 @@ describe('restore and clone content (root: loop devices, FUSE, mounts)', () => {
       await call(p.clients.controller, 'DeleteVolume', { volume_id: volA });
     },
   );
+
+  it.skipIf(!isRoot)('1-3 xfs: a restore and a clone mount beside their still-mounted source (same UUID)', async () => {
+    plugin = await PluginProcess.start();
+    const p = plugin;
+    const size = 320 * MiB; // mkfs.xfs needs at least 300 MiB; the files are sparse
+    const src = await createVolume(p, 'xfs-src', 'mount', size, {}, 'xfs');
+    const a = await stageAndPublish(p, src, 'mount', 'xfs');
+    const sums = await writeFiles(a.targetPath, [2 * MiB, 1000]);
+    const snap = await createSnapshot(p, 'xfs-snap', src, { method: 'meta-bitmap' });
+    const restored = await createVolume(
+      p,
+      'xfs-restored',
+      'mount',
+      size,
+      {
+        volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } },
+      },
+      'xfs',
+    );
+    const clone = await createVolume(
+      p,
+      'xfs-clone',
+      'mount',
+      size,
+      {
+        volume_content_source: { volume: { volume_id: src } },
+      },
+      'xfs',
+    );
+    const b = await stageAndPublish(p, restored, 'mount', 'xfs');
+    const c = await stageAndPublish(p, clone, 'mount', 'xfs');
+    expect(await checksumFiles(b.targetPath, Object.keys(sums))).toEqual(sums);
+    expect(await checksumFiles(c.targetPath, Object.keys(sums))).toEqual(sums);
+    for (const v of [c, b, a]) await unpublishAndUnstage(p, v);
+    for (const v of [clone, restored]) await call(p.clients.controller, 'DeleteVolume', { volume_id: v });
+    await call(p.clients.controller, 'DeleteSnapshot', { snapshot_id: snap.snapshot_id });
+    await call(p.clients.controller, 'DeleteVolume', { volume_id: src });
+  });
 });

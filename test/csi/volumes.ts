@@ -28,11 +28,12 @@ export async function createVolume(
   type: AccessType,
   sizeBytes: number,
   extra: object = {},
+  fsType = '',
 ): Promise<string> {
   const r = await call<CsiVolumeResponse>(p.clients.controller, 'CreateVolume', {
     name,
     capacity_range: { required_bytes: String(sizeBytes) },
-    volume_capabilities: [capability(type)],
+    volume_capabilities: [capability(type, 'SINGLE_NODE_WRITER', fsType)],
     ...extra,
   });
   return r.volume.volume_id;
@@ -61,7 +62,12 @@ export interface Published {
 }
 
 /** NodeStage + NodePublish with paths under the plugin's work dir, as kubelet would. */
-export async function stageAndPublish(p: PluginProcess, volumeId: string, type: AccessType): Promise<Published> {
+export async function stageAndPublish(
+  p: PluginProcess,
+  volumeId: string,
+  type: AccessType,
+  fsType = '',
+): Promise<Published> {
   const base = join(p.dir, 'kubelet', volumeId);
   const stagingPath = join(base, 'staging');
   await mkdir(stagingPath, { recursive: true });
@@ -69,13 +75,13 @@ export async function stageAndPublish(p: PluginProcess, volumeId: string, type: 
   await call(p.clients.node, 'NodeStageVolume', {
     volume_id: volumeId,
     staging_target_path: stagingPath,
-    volume_capability: capability(type),
+    volume_capability: capability(type, 'SINGLE_NODE_WRITER', fsType),
   });
   await call(p.clients.node, 'NodePublishVolume', {
     volume_id: volumeId,
     staging_target_path: stagingPath,
     target_path: targetPath,
-    volume_capability: capability(type),
+    volume_capability: capability(type, 'SINGLE_NODE_WRITER', fsType),
   });
   return { volumeId, type, stagingPath, targetPath };
 }

@@ -75,7 +75,7 @@ export class NodeService {
             device: loop.device,
             stagingPath: input.stagingPath,
             fsType: fsType as FsType,
-            mountOptions: mountFlags,
+            mountOptions: mountOptionsFor(fsType, mountFlags),
             readOnly,
           });
           if (formatted) this.d.log.info({ volumeId: cur.volumeId, device: loop.device, fsType }, 'Formatted volume');
@@ -288,6 +288,16 @@ export class NodeService {
     const loop = await this.d.backend.attachedDevice(rec.volumeId);
     return loop !== undefined && top.major === loop.major && top.minor === loop.minor;
   }
+}
+
+/**
+ * Mount options for staging. xfs refuses to mount a second file system with the same UUID, and a volume
+ * restored or cloned from another one has its source's UUID; so xfs is always mounted with `nouuid`.
+ */
+export function mountOptionsFor(fsType: string, flags: readonly string[]): string[] {
+  const out = [...flags];
+  if (fsType === 'xfs' && !out.includes('nouuid')) out.push('nouuid');
+  return out;
 }
 
 /** Removes `path` when it is an empty directory or an empty regular file; anything else stays. */
