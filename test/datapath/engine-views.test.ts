@@ -58,6 +58,12 @@ async function attachSnapshot(host: HostClient, volumeId: string, snapshotId: nu
   return loop;
 }
 
+/** Value of one series in Prometheus text (0 when absent). */
+function metricValue(text: string, series: string): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line ? Number(line.slice(series.length + 1)) : 0;
+}
+
 /** The whole device, read through the data path (the block device's own page cache dropped first). */
 async function readDevice(device: string): Promise<Buffer> {
   await sh('blockdev', ['--flushbufs', device]);
@@ -250,6 +256,16 @@ describe('data path: engine views through FUSE and loop devices', () => {
       expect(await done).toBe(0);
       for (const s of sums) expect(sha256(await readDevice(s.device))).toBe(s.sum);
       expect(new Set(sums.map((s) => s.sum)).size).toBe(3);
+      // Both paths carried writes: settled blocks went straight to the clone file, first writes after a
+      // cut through the engine.
+      const metrics = await host.call<string>('metrics');
+      expect(metricValue(metrics, 'loopsnap_datapath_data_requests_total{path="fast",op="write"}')).toBeGreaterThan(
+        1000,
+      );
+      expect(metricValue(metrics, 'loopsnap_datapath_data_requests_total{path="handoff",op="write"}')).toBeGreaterThan(
+        1000,
+      );
+      expect(metricValue(metrics, 'loopsnap_datapath_handoff_errors_total')).toBe(0);
     } finally {
       fio.kill('SIGKILL');
     }

@@ -51,6 +51,10 @@ describe('data path: FUSE pass-through views', () => {
     const back = await readFile(loop.device);
     expect(Buffer.compare(back, oracle)).toBe(0);
     expect(Buffer.compare(await readFile(img), oracle)).toBe(0);
+    const metrics = await host.call<string>('metrics');
+    expect(metrics).toMatch(/loopsnap_datapath_data_requests_total\{path="fast",op="write"\} [1-9]/);
+    expect(metrics).toMatch(/loopsnap_datapath_data_requests_total\{path="handoff",op="write"\} 0/);
+    expect(metrics).toMatch(/loopsnap_datapath_views 1/);
 
     await host.call('detach', { name: 'vol-1' });
     await host.call('unexpose', { name: 'vol-1' });

@@ -6,6 +6,7 @@
 // Protocol: the parent sends { id, method, params }; the host answers { id, ok: true, result } or
 // { id, ok: false, error: { code, message } }. Methods are listed in `methods` below (engine-backed ones in
 // datapath-host-engine.ts).
+import { Registry } from 'prom-client';
 import type { Logger } from '../../../common/src/log.js';
 import { createLogger } from '../../../common/src/log.js';
 import { Datapath } from './datapath.js';
@@ -23,6 +24,7 @@ export type HostResponse =
 export interface HostContext {
   datapath: Datapath | undefined;
   readonly log: Logger;
+  readonly registry: Registry;
   /** Extra per-method state (engine volumes). */
   readonly state: Map<string, unknown>;
 }
@@ -47,6 +49,7 @@ export const baseMethods: Record<string, HostMethod> = {
     ctx.datapath = await Datapath.start({
       stateDir: str(p, 'stateDir'),
       log: ctx.log,
+      registry: ctx.registry,
       ...(typeof p.workers === 'number' ? { workers: p.workers } : {}),
     });
     return { fuseMountpoint: ctx.datapath.fuseMountpoint, cleanup: ctx.datapath.cleanup, pid: process.pid };
@@ -57,6 +60,8 @@ export const baseMethods: Record<string, HostMethod> = {
   attach: async (ctx, p) => requireDatapath(ctx).attach(str(p, 'name'), { readOnly: p.readOnly === true }),
   detach: async (ctx, p) => requireDatapath(ctx).detach(str(p, 'name')),
   views: async (ctx) => requireDatapath(ctx).views(),
+  /** Prometheus text of the host's registry. */
+  metrics: async (ctx) => ctx.registry.metrics(),
   openCount: async (ctx, p) => requireDatapath(ctx).fuse.openCount(str(p, 'name')),
   /** Holds the view's gate closed for holdMs (tests of FuseServer.quiesce). */
   quiesce: async (ctx, p) =>
@@ -74,7 +79,7 @@ export const baseMethods: Record<string, HostMethod> = {
 /** Serves IPC requests with `methods` until the parent disconnects; then stops the data path. */
 export function serveHost(methods: Record<string, HostMethod>): void {
   const log = createLogger({ component: 'datapath-host', level: process.env.LOOPSNAP_LOG_LEVEL ?? 'warn' });
-  const ctx: HostContext = { datapath: undefined, log, state: new Map() };
+  const ctx: HostContext = { datapath: undefined, log, registry: new Registry(), state: new Map() };
   const send = (r: HostResponse): void => {
     process.send?.(r);
   };

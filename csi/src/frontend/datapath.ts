@@ -14,6 +14,7 @@
 // completes before that block is copied out and overwritten.
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Registry } from 'prom-client';
 import type { Logger } from '../../../common/src/log.js';
 import { type CleanupReport, cleanupStale } from '../mount/cleanup.js';
 import { MountError } from '../mount/errors.js';
@@ -59,6 +60,8 @@ export interface DatapathOptions {
   readonly log: Logger;
   /** Data-path worker threads (default 4). */
   readonly workers?: number;
+  /** Registry for the data-path metrics; none registered when absent. */
+  readonly registry?: Registry;
 }
 
 export class Datapath {
@@ -87,6 +90,7 @@ export class Datapath {
       log,
       source: 'loopsnap',
       ...(opts.workers === undefined ? {} : { workers: opts.workers }),
+      ...(opts.registry === undefined ? {} : { registry: opts.registry }),
     });
     return new Datapath(opts.stateDir, server, log, cleanup);
   }

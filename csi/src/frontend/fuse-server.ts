@@ -12,9 +12,11 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
+import type { Registry } from 'prom-client';
 import type { Logger } from '../../../common/src/log.js';
 import { MountError } from '../mount/errors.js';
 import { Errno, FUSE_MAX_IO_BYTES, FUSE_ROOT_ID, OUT_HEADER_BYTES, WRITE_OUT_BYTES } from './fuse-abi.js';
+import { DatapathMetrics } from './datapath-metrics.js';
 import { encodeNotifyInvalEntry, encodeOutHeader, encodeWriteOut } from './fuse-codec.js';
 import {
   abortFuseConnection,
@@ -26,6 +28,7 @@ import {
 } from './fuse-mount.js';
 import { DIRECT_PROBE_SPAN_BYTES, errnoOf } from './fuse-session.js';
 import {
+  COUNTER_SLOTS,
   CTL_BUSY,
   CTL_GATE,
   CTL_OPENS,
@@ -92,6 +95,8 @@ export interface FuseServerOptions {
   readonly entryValidSec?: number;
   readonly attrValidSec?: number;
   readonly parallelDirectWrites?: boolean;
+  /** Registry for the data-path metrics (datapath-metrics.ts); none registered when absent. */
+  readonly registry?: Registry;
   /** Serve sector-aligned reads of file and live views with O_DIRECT (default true). */
   readonly directReads?: boolean;
   readonly initTimeoutMs?: number;
@@ -133,12 +138,23 @@ export class FuseServer {
   private initWaiter: ((ok: boolean) => void) | undefined;
   private initialized = false;
   private dioProbePath: string | null = null;
+  /** Per worker slot, kept across worker restarts so counters stay monotonic. */
+  private readonly counters: Float64Array[] = [];
+  private readonly metrics: DatapathMetrics | undefined;
 
   private constructor(
     private readonly opts: FuseServerOptions,
     private readonly fuseFd: number,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.metrics = opts.registry
+      ? new DatapathMetrics(opts.registry, {
+          workerCounters: () => this.counters,
+          handoffsInFlight: () => [...this.byNode.values()].reduce((n, v) => n + v.pending.count, 0),
+          views: () => this.views.size,
+        })
+      : undefined;
+  }
 
   /** Mounts a new FUSE file system on `mountpoint` and starts its workers. Needs root. */
   static async start(opts: FuseServerOptions): Promise<FuseServer> {
@@ -330,9 +346,11 @@ export class FuseServer {
 
   private spawnWorker(index: number, script: string): void {
     const channel = new MessageChannel();
+    this.counters[index] ??= new Float64Array(new SharedArrayBuffer(COUNTER_SLOTS * 8));
     const init: WorkerInit = {
       index,
       fuseFd: this.fuseFd,
+      counters: (this.counters[index] as Float64Array).buffer as SharedArrayBuffer,
       maxWrite: FUSE_MAX_IO_BYTES,
       views: [...this.views.values()].map((v) => v.d),
       entryValidSec: this.opts.entryValidSec ?? 1,
@@ -397,6 +415,7 @@ export class FuseServer {
       const body = await this.execute(v.spec, m);
       this.reply(m, 0, body);
     } catch (err) {
+      this.metrics?.handoffErrors.inc({ op: m.t });
       this.log.warn(
         { err, request: m.t, view: v.d.name, offset: 'offset' in m ? m.offset : undefined },
         'Failed data-path request',

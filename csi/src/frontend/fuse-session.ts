@@ -43,6 +43,15 @@ import {
 } from './fuse-codec.js';
 import { allSet } from './shared-bitmap.js';
 import {
+  COUNTER_FAST_READ,
+  COUNTER_FAST_WRITE,
+  COUNTER_HANDOFF_DISCARD,
+  COUNTER_HANDOFF_FLUSH,
+  COUNTER_HANDOFF_READ,
+  COUNTER_HANDOFF_WRITE,
+  COUNTER_MALFORMED,
+  COUNTER_REQUESTS,
+  COUNTER_SLOTS,
   CTL_BUSY,
   CTL_GATE,
   CTL_OPENS,
@@ -92,6 +101,8 @@ export interface SessionDeps {
    * serve reads buffered only.
    */
   readonly directDataPosition?: number;
+  /** Request counters (view-protocol.ts COUNTER_*), shared with the main thread for metrics. */
+  readonly counters?: Float64Array;
   /** Bound on Atomics.wait while a view's gate is closed, in ms (the gate is re-checked after it). */
   readonly gateWaitMs?: number;
 }
@@ -131,6 +142,13 @@ export function probeDirectPosition(buf: Uint8Array, probeFd: number, file: Pick
   return -1;
 }
 
+const HANDOFF_COUNTER: Readonly<Record<WorkerRequest['t'], number>> = {
+  read: COUNTER_HANDOFF_READ,
+  write: COUNTER_HANDOFF_WRITE,
+  discard: COUNTER_HANDOFF_DISCARD,
+  flush: COUNTER_HANDOFF_FLUSH,
+};
+
 /** Marks a handler path that has answered its request (exactly one reply per answerable request). */
 type Sent = 'sent';
 const SENT: Sent = 'sent';
@@ -152,8 +170,11 @@ export class FuseSession {
   /** Counters, reported for tests and logs. */
   readonly stats = { requests: 0, malformed: 0, garbage: 0, handedOff: 0, replyErrors: 0 };
 
+  private readonly counters: Float64Array;
+
   constructor(private readonly deps: SessionDeps) {
     this.directPos = deps.directDataPosition ?? -1;
+    this.counters = deps.counters ?? new Float64Array(COUNTER_SLOTS);
     this.inDv = new DataView(deps.inBuf.buffer, deps.inBuf.byteOffset, deps.inBuf.byteLength);
     this.outDv = new DataView(deps.outBuf.buffer, deps.outBuf.byteOffset, deps.outBuf.byteLength);
   }
@@ -187,6 +208,7 @@ export class FuseSession {
   /** Serves one frame already in inBuf[0, n). Never throws. */
   handleFrame(n: number): void {
     this.stats.requests++;
+    this.counters[COUNTER_REQUESTS]! += 1;
     const req = parseRequest(this.inDv, n, this.deps.maxWrite);
     try {
       this.dispatch(req);
@@ -205,6 +227,7 @@ export class FuseSession {
         return undefined;
       case 'malformed':
         this.stats.malformed++;
+        this.counters[COUNTER_MALFORMED]! += 1;
         this.log('warn', 'Rejected malformed FUSE request', { opcode: req.h.opcode, reason: req.reason });
         return this.replyError(req.h, req.errno);
       case 'init':
@@ -399,6 +422,7 @@ export class FuseSession {
     if (at > 0) {
       try {
         this.readData(v, v.d.fdDirect, at, offset, n);
+        this.counters[COUNTER_FAST_READ]! += 1;
         return this.replyData(h, at, n);
       } catch (err) {
         if (errnoOf(err) !== Errno.EINVAL) throw err;
@@ -406,6 +430,7 @@ export class FuseSession {
       }
     }
     this.readData(v, v.d.fd, OUT_HEADER_BYTES, offset, n);
+    this.counters[COUNTER_FAST_READ]! += 1;
     return this.replyData(h, OUT_HEADER_BYTES, n);
   }
 
@@ -467,6 +492,7 @@ export class FuseSession {
       try {
         if (this.mayWriteDirect(v, v.engine, offset, size)) {
           this.pwriteFull(v.d.fd, dataOffset, size, offset);
+          this.counters[COUNTER_FAST_WRITE]! += 1;
           return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
         }
       } finally {
@@ -479,6 +505,7 @@ export class FuseSession {
       return this.handOff(h, { t: 'write', ...this.base(h, v), offset, data }, [data.buffer as ArrayBuffer]);
     }
     this.pwriteFull(v.d.fd, dataOffset, size, offset);
+    this.counters[COUNTER_FAST_WRITE]! += 1;
     return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
   }
 
@@ -531,6 +558,7 @@ export class FuseSession {
   /** The main thread now owns the reply of this request. */
   private handOff(_h: RequestHeader, msg: WorkerRequest, transfer?: ArrayBuffer[]): Sent {
     this.stats.handedOff++;
+    this.counters[HANDOFF_COUNTER[msg.t]]! += 1;
     this.deps.submit(msg, transfer);
     return SENT;
   }

@@ -50,6 +50,7 @@ function main(): void {
     // Room for the largest read at an O_DIRECT-aligned position up to a page into the buffer.
     outBuf,
     directDataPosition: directPosition(init.dioProbePath, outBuf),
+    counters: new Float64Array(init.counters),
     maxWrite: init.maxWrite,
     timeouts: { entryValidSec: init.entryValidSec, attrValidSec: init.attrValidSec },
     parallelDirectWrites: init.parallelDirectWrites,

@@ -114,6 +114,20 @@ export type WorkerEvent =
 
 export type WorkerMessage = WorkerRequest | WorkerEvent;
 
+/**
+ * Per-worker request counters (Float64Array on a SharedArrayBuffer, written by that worker only, read by the
+ * main thread at scrape time). Indexes below; a double counts exactly up to 2^53.
+ */
+export const COUNTER_FAST_READ = 0;
+export const COUNTER_FAST_WRITE = 1;
+export const COUNTER_HANDOFF_READ = 2;
+export const COUNTER_HANDOFF_WRITE = 3;
+export const COUNTER_HANDOFF_DISCARD = 4;
+export const COUNTER_HANDOFF_FLUSH = 5;
+export const COUNTER_MALFORMED = 6;
+export const COUNTER_REQUESTS = 7;
+export const COUNTER_SLOTS = 8;
+
 export interface WorkerInit {
   readonly index: number;
   readonly fuseFd: number;
@@ -124,4 +138,6 @@ export interface WorkerInit {
   readonly parallelDirectWrites: boolean;
   /** A fully written file on the state dir's file system, for the O_DIRECT buffer-alignment probe; or null. */
   readonly dioProbePath: string | null;
+  /** COUNTER_SLOTS doubles for this worker's request counters. */
+  readonly counters: SharedArrayBuffer;
 }
