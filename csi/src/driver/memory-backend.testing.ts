@@ -29,17 +29,30 @@ export class MemoryBackend implements VolumeBackend {
   readonly blockSizeBytes = 4096;
   readonly volumes = new Map<string, Stored>();
   private readonly faults = new Set<string>();
+  private readonly holds = new Map<string, Promise<void>>();
 
   failNext(method: keyof VolumeBackend): void {
     this.faults.add(method);
   }
 
-  private fault(method: string): void {
+  /** The next call of `method` waits until the returned function is called (an operation in flight). */
+  holdNext(method: keyof VolumeBackend): () => void {
+    let release!: () => void;
+    this.holds.set(method, new Promise<void>((r) => (release = r)));
+    return release;
+  }
+
+  private async fault(method: string): Promise<void> {
+    const hold = this.holds.get(method);
+    if (hold) {
+      this.holds.delete(method);
+      await hold;
+    }
     if (this.faults.delete(method)) throw new Error(`injected failure in ${method}`);
   }
 
   async createVolume(volumeId: string, sizeBytes: number): Promise<void> {
-    this.fault('createVolume');
+    await this.fault('createVolume');
     if (this.volumes.has(volumeId)) throw new Error(`volume ${volumeId} exists`);
     const clone = new MemBlockDevice(4096);
     const save = new MemBlockDevice(4096);
@@ -49,7 +62,7 @@ export class MemoryBackend implements VolumeBackend {
   }
 
   async deleteVolume(volumeId: string): Promise<void> {
-    this.fault('deleteVolume');
+    await this.fault('deleteVolume');
     const s = this.volumes.get(volumeId);
     if (!s) return;
     await s.volume.close();
@@ -69,7 +82,7 @@ export class MemoryBackend implements VolumeBackend {
   }
 
   async createSnapshot(volumeId: string, opts: { method: EngineSnapshotMethod; tag: string }): Promise<EngineSnapshot> {
-    this.fault('createSnapshot');
+    await this.fault('createSnapshot');
     return toSnapshot(await this.vol(volumeId).createSnapshot({ method: opts.method, tag: opts.tag }));
   }
 
@@ -91,7 +104,7 @@ export class MemoryBackend implements VolumeBackend {
   }
 
   async deleteSnapshot(volumeId: string, engineSnapshotId: number): Promise<void> {
-    this.fault('deleteSnapshot');
+    await this.fault('deleteSnapshot');
     const v = this.volumes.get(volumeId)?.volume;
     if (!v || !v.listSnapshots().some((s) => s.id === engineSnapshotId)) return;
     await v.deleteSnapshot(engineSnapshotId);
@@ -113,7 +126,7 @@ export class MemoryBackend implements VolumeBackend {
     src: { volumeId: string; engineSnapshotId: number },
     dstVolumeId: string,
   ): Promise<{ copiedBytes: number }> {
-    this.fault('copySnapshotInto');
+    await this.fault('copySnapshotInto');
     const from = this.vol(src.volumeId);
     const to = this.vol(dstVolumeId);
     let copied = 0;

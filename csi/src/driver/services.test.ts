@@ -434,4 +434,25 @@ describe('driver services', () => {
     expect(d.state.volumeByName('r')).toBeUndefined();
     await snapshots.delete(s.snapshotId);
   });
+
+  it('6-11 operations on a volume in flight make others on it ABORTED, never queued; others proceed', async () => {
+    const a = await volumes.create(input('a'));
+    const b = await volumes.create(input('b'));
+    const release = backend.holdNext('createSnapshot');
+    const slow = snapshots.create({ name: 'slow', sourceVolumeId: a.volumeId, parameters: {} });
+    await new Promise((r) => setImmediate(r));
+    await rejectsWith(
+      snapshots.create({ name: 'other', sourceVolumeId: a.volumeId, parameters: {} }),
+      'ABORTED',
+      /in progress/,
+    );
+    await rejectsWith(snapshots.create({ name: 'slow', sourceVolumeId: a.volumeId, parameters: {} }), 'ABORTED');
+    await rejectsWith(volumes.delete(a.volumeId), 'ABORTED');
+    await rejectsWith(volumes.expand(a.volumeId, { required_bytes: String(8 * MiB) }), 'ABORTED');
+    // Another volume is not affected.
+    expect((await snapshots.create({ name: 'fine', sourceVolumeId: b.volumeId, parameters: {} })).phase).toBe('ready');
+    release();
+    expect((await slow).phase).toBe('ready');
+    expect((await snapshots.create({ name: 'other', sourceVolumeId: a.volumeId, parameters: {} })).phase).toBe('ready');
+  });
 });
