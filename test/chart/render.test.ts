@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // charts/loopsnap rendered with helm: lint and template for the defaults and the value matrix, bad values
 // refused at install time (values.schema.json and the templates' own checks), and what the defaults install.
+import { execFileSync } from 'node:child_process';
 import { lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
+import { ensureBuilt } from '../support/controller-harness.js';
 import { REPO_ROOT } from '../support/paths.js';
 import { CHART_DIR, cleanStderr, find, helmLint, helmTemplate, type K8sObject, only, render } from './lib/helm.js';
 import { MATRIX } from './lib/matrix.js';
@@ -329,5 +331,27 @@ describe('bad values fail at install time with a reason', () => {
     const r = helmTemplate({ args, ...(values ? { values } : {}) });
     expect(r.code).not.toBe(0);
     expect(cleanStderr(r.stderr)).toMatch(reason);
+  });
+});
+
+describe('the chart and the components agree', () => {
+  it('every flag the chart passes is one the component knows (an unknown flag would crash-loop the pod)', async () => {
+    await ensureBuilt();
+    const help = (main: string): string =>
+      execFileSync(process.execPath, [join(REPO_ROOT, 'dist', main), '--help'], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }).toString();
+    const nodeHelp = help('csi/src/main.js');
+    const ctlHelp = help('controller/src/main.js');
+    for (const { values } of MATRIX) {
+      const { objects } = render({ values });
+      const ds = only(objects, 'DaemonSet');
+      const known = (help: string, arg: string): boolean =>
+        new RegExp(`^\\s+--${arg.slice(2).split('=')[0]}(?=[\\s=]|$)`, 'm').test(help);
+      for (const a of container(ds, 'node-plugin').args ?? []) expect(known(nodeHelp, a), a).toBe(true);
+      for (const a of container(only(objects, 'Deployment'), 'controller').args ?? []) {
+        expect(known(ctlHelp, a), a).toBe(true);
+      }
+    }
   });
 });
