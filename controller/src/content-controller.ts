@@ -3,7 +3,7 @@
 // controller that calls CreateSnapshot / DeleteSnapshot / ListSnapshots, always on the node plugin that
 // holds the snapshot: the content's `snapshot.storage.kubernetes.io/managed-by` node, else the node of the
 // PV with the content's volume handle, else (pre-provisioned handles) whichever ready node lists it.
-import { ControllerLoop, type ReconcileContext, type ReconcileResult } from './controller-base.js';
+import { ControllerLoop, gated, type ReconcileContext, type ReconcileResult } from './controller-base.js';
 import {
   boundSnapshotGone,
   type ContentAction,
@@ -33,6 +33,7 @@ import {
 } from './names.js';
 import { nowTime } from './quantity.js';
 import { nodeOfPv } from './snapshot-logic.js';
+import { RetryGate } from './workqueue.js';
 
 const MAX_STEPS = 12;
 const MAX_POLL_MS = 10_000;
@@ -45,10 +46,13 @@ export function driverParameters(params: Record<string, string> | undefined): Re
 
 export class ContentController {
   readonly loop: ControllerLoop;
+  /** Backoff of calls to node plugins, per content (see RetryGate). */
+  readonly gate: RetryGate;
   private readonly polls = new Map<string, number>();
 
   constructor(private readonly d: Deps) {
     const s = d.settings;
+    this.gate = new RetryGate(s.retryIntervalStartMs, s.retryIntervalMaxMs);
     this.loop = new ControllerLoop({
       name: 'volumesnapshotcontent',
       kind: 'VolumeSnapshotContent',
@@ -130,17 +134,27 @@ export class ContentController {
         );
         return { requeueAfterMs: 200 };
       }
-      case 'setBeingCreated':
+      case 'setBeingCreated': {
+        const wait = this.gate.waitMs(c.metadata.name);
+        if (wait > 0) return { requeueAfterMs: wait };
         await kube.patch(R.VolumeSnapshotContent, c.metadata, {
           metadata: { annotations: { [ANN_BEING_CREATED]: 'yes' } },
         });
         return 'continue';
+      }
       case 'createSnapshot':
-        return this.createSnapshot(w, log);
       case 'importSnapshot':
-        return this.importSnapshot(w, log);
-      case 'deleteSnapshot':
-        return this.deleteSnapshot(w, action.snapshotHandle, log);
+      case 'deleteSnapshot': {
+        const wait = this.gate.waitMs(c.metadata.name);
+        if (wait > 0) return { requeueAfterMs: wait };
+        return gated(this.gate, c.metadata.name, () =>
+          action.type === 'createSnapshot'
+            ? this.createSnapshot(w, log)
+            : action.type === 'importSnapshot'
+              ? this.importSnapshot(w, log)
+              : this.deleteSnapshot(w, action.snapshotHandle, log),
+        );
+      }
     }
   }
 
@@ -342,17 +356,15 @@ export class ContentController {
         const found = await this.locate(c, handle);
         if (!found) {
           log.info({ snapshotHandle: handle }, 'Snapshot to delete is on no node; treating it as deleted');
-          await this.d.kube.setFinalizers(Resources.VolumeSnapshotContent, c, [], [FIN_CONTENT_BOUND]);
-          return {};
+          nodeId = undefined;
+        } else {
+          nodeId = found.nodeId;
         }
-        nodeId = found.nodeId;
       }
-      await this.client(nodeId).deleteSnapshot(handle);
-      log.info({ snapshotHandle: handle, node: nodeId }, 'Deleted snapshot');
-      await this.d.kube.setFinalizers(Resources.VolumeSnapshotContent, c, [], [FIN_CONTENT_BOUND]);
-      if (c.spec.volumeSnapshotRef.uid)
-        this.d.metrics.endOperation(c.spec.volumeSnapshotRef.uid, 'DeleteSnapshot', 'success');
-      return {};
+      if (nodeId) {
+        await this.client(nodeId).deleteSnapshot(handle);
+        log.info({ snapshotHandle: handle, node: nodeId }, 'Deleted snapshot');
+      }
     } catch (err) {
       const message = `Failed to delete snapshot "${handle}": ${errorMessage(err)}`;
       const reason = err instanceof NodeUnavailableError ? Reason.NodeUnavailable : Reason.SnapshotDeleteError;
@@ -361,5 +373,9 @@ export class ContentController {
         log.warn({ snapshotHandle: handle, code: err.codeName }, 'DeleteSnapshot failed');
       throw err;
     }
+    await this.d.kube.setFinalizers(Resources.VolumeSnapshotContent, c, [], [FIN_CONTENT_BOUND]);
+    const uid = c.spec.volumeSnapshotRef.uid;
+    if (uid) this.d.metrics.endOperation(uid, 'DeleteSnapshot', 'success');
+    return {};
   }
 }

@@ -6,14 +6,14 @@
 // - return `{ requeueAfterMs }`: look again after that delay (polling a background operation);
 // - throw: retried with exponential backoff (`retryIntervalStart` doubling up to `retryIntervalMax`);
 // - throw TerminalError: logged and counted, not retried;
-// - a 409 Conflict (someone wrote the object since our read) is retried after a short delay without
-//   counting as a failure: the informer will have the newer version by then.
+// - a 409 Conflict (someone wrote the object since our read) or a 404 (it was deleted meanwhile) is retried
+//   after a short delay without counting as a failure: the informer will have the newer state by then.
 import { randomUUID } from 'node:crypto';
-import { isConflict } from '../../common/src/kube-rest.js';
+import { isConflict, isNotFound } from '../../common/src/kube-rest.js';
 import type { Logger } from '../../common/src/log.js';
 import { TerminalError } from './errors.js';
 import type { ControllerMetrics } from './metrics.js';
-import { WorkQueue } from './workqueue.js';
+import { type RetryGate, WorkQueue } from './workqueue.js';
 
 export interface ReconcileResult {
   readonly requeueAfterMs?: number;
@@ -53,6 +53,7 @@ export class ControllerLoop {
       retryIntervalMaxMs: spec.retryIntervalMaxMs,
       onDepth: (d) => spec.metrics.workqueueDepth.set({ controller: spec.name }, d),
     });
+    spec.metrics.workqueueDepth.set({ controller: spec.name }, 0);
   }
 
   get name(): string {
@@ -116,9 +117,10 @@ export class ControllerLoop {
         this.queue.forget(key);
         metrics.reconcileTotal.inc({ controller: name, result: 'terminal_error' });
         log.error({ err }, 'Reconcile failed permanently');
-      } else if (isConflict(err)) {
+      } else if (isConflict(err) || isNotFound(err)) {
+        // The object changed or went away since the cache showed it: look again at the newer state.
         metrics.reconcileTotal.inc({ controller: name, result: 'error' });
-        log.debug({ err: (err as Error).message }, 'Conflict; retrying with the newer version');
+        log.debug({ err: (err as Error).message }, 'Object changed under us; retrying with the newer version');
         this.queue.addAfter(key, this.spec.conflictRetryMs ?? 50);
       } else {
         metrics.reconcileTotal.inc({ controller: name, result: 'error' });
@@ -128,5 +130,20 @@ export class ControllerLoop {
     } finally {
       end();
     }
+  }
+}
+
+/**
+ * Runs a side effect on a node plugin under `gate`: success resets the key's backoff, a failure extends it.
+ * Conflicts and not-found answers of the API server are races with other writers, not failures of the call.
+ */
+export async function gated<T>(gate: RetryGate, key: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    const r = await fn();
+    gate.succeeded(key);
+    return r;
+  } catch (err) {
+    if (!isConflict(err) && !isNotFound(err)) gate.failed(key);
+    throw err;
   }
 }

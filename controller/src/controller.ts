@@ -75,7 +75,8 @@ export function buildController(opts: ControllerOptions): RunningController {
     };
     const kube = new KubeClient(r);
     for (const inf of Object.values(caches)) kube.register(inf as Informer<KubeObject>);
-    const events = new EventRecorder(r, 'loopsnap-controller', log, { defaultNamespace: cfg.namespace });
+    // Events of cluster-scoped objects (PV, VolumeSnapshotContent) must live in `default`.
+    const events = new EventRecorder(r, 'loopsnap-controller', log, { defaultNamespace: 'default' });
     const nodes = new NodeRegistry(caches.leases, {
       namespace: cfg.registryNamespace,
       log,
@@ -107,7 +108,8 @@ export function buildController(opts: ControllerOptions): RunningController {
     const capacity = new CapacityPublisher(deps, { namespace: cfg.namespace, intervalMs: cfg.capacityPollIntervalMs });
     const all = [snapshots, contents, provisioner, pvs];
     // A node coming back (or going away) changes what every waiting object can do next.
-    nodes.onChange(() => {
+    nodes.onChange((n) => {
+      if (n.ready) for (const g of [contents.gate, provisioner.gate, pvs.gate]) g.release();
       for (const c of all) c.enqueueAll();
     });
     await Promise.all(Object.values(caches).map((i: Informer<KubeObject>) => i.start()));

@@ -4,7 +4,7 @@
 // side is kubelet's NodeExpandVolume, requested through the PVC's FileSystemResizePending condition).
 import * as grpc from '@grpc/grpc-js';
 import { isAlreadyExists } from '../../common/src/kube-rest.js';
-import { ControllerLoop, type ReconcileContext, type ReconcileResult } from './controller-base.js';
+import { ControllerLoop, gated, type ReconcileContext, type ReconcileResult } from './controller-base.js';
 import type { Deps } from './deps.js';
 import { ControllerError, CsiCallError, ErrorCode, errorMessage, NodeUnavailableError } from './errors.js';
 import { keyOf, Resources, splitKey } from './kube/resources.js';
@@ -23,14 +23,18 @@ import {
 import { formatQuantityBytes, nowTime, parseQuantityBytes } from './quantity.js';
 import { restoreSourceOf } from './snapshot-controller.js';
 import { nodeOfPv } from './snapshot-logic.js';
+import { RetryGate } from './workqueue.js';
 
 const MAX_STEPS = 8;
 
 export class Provisioner {
   readonly loop: ControllerLoop;
+  /** Backoff of calls to node plugins, per PVC (see RetryGate). */
+  readonly gate: RetryGate;
 
   constructor(private readonly d: Deps) {
     const s = d.settings;
+    this.gate = new RetryGate(s.retryIntervalStartMs, s.retryIntervalMaxMs);
     this.loop = new ControllerLoop({
       name: 'persistentvolumeclaim',
       kind: 'PersistentVolumeClaim',
@@ -136,7 +140,18 @@ export class Provisioner {
       const needCloneNodes = !pvc.spec.volumeName && !pvc.metadata.annotations?.[ANN_PROVISIONING_NODE];
       const w = await this.world(pvc, needCloneNodes);
       const action = decideProvisionAction(w);
-      if (action.type === 'done' && pvc.spec.volumeName) return this.reconcileResize(pvc, log);
+      if (action.type === 'done' && pvc.spec.volumeName) {
+        const wait = this.gate.waitMs(key);
+        if (wait > 0) return { requeueAfterMs: wait };
+        return gated(this.gate, key, () => this.reconcileResize(pvc, log));
+      }
+      if (action.type === 'provision' || action.type === 'cleanupAbandoned') {
+        const wait = this.gate.waitMs(key);
+        if (wait > 0) return { requeueAfterMs: wait };
+        const res = await gated(this.gate, key, () => this.apply(w, action, log));
+        if (res !== 'continue') return res;
+        continue;
+      }
       const res = await this.apply(w, action, log);
       if (res !== 'continue') return res;
     }
@@ -322,7 +337,8 @@ export class Provisioner {
       });
       const size = res.capacityBytes > 0n ? res.capacityBytes : want;
       await kube.patch(R.PersistentVolume, pv.metadata, { spec: { capacity: { storage: formatQuantityBytes(size) } } });
-      const nodeStep = res.nodeExpansionRequired && pvc.spec.volumeMode !== 'Block';
+      // As external-resizer: kubelet finishes on the node (file system, or the block device of a raw volume).
+      const nodeStep = res.nodeExpansionRequired;
       const conditions: PvcCondition[] = (pvc.status?.conditions ?? []).filter(
         (c) => c.type !== 'Resizing' && c.type !== 'FileSystemResizePending',
       );

@@ -5,13 +5,14 @@
 // and is simply released for Retain. A volume the plugin refuses to delete yet (FAILED_PRECONDITION: it
 // still has snapshots or clones) keeps its PV, with an event, and is retried, also whenever a
 // VolumeSnapshotContent of that volume goes away.
-import { ControllerLoop, type ReconcileContext, type ReconcileResult } from './controller-base.js';
+import { ControllerLoop, gated, type ReconcileContext, type ReconcileResult } from './controller-base.js';
 import type { Deps } from './deps.js';
 import { ControllerError, ErrorCode, errorMessage } from './errors.js';
 import { Resources } from './kube/resources.js';
 import type { PersistentVolume } from './kube/types.js';
 import { ANN_PROVISIONED_BY, FIN_PV_PROVISIONER, Reason } from './names.js';
 import { nodeOfPv } from './snapshot-logic.js';
+import { RetryGate } from './workqueue.js';
 
 export type PvAction =
   | { readonly type: 'ignore' }
@@ -38,9 +39,12 @@ export function decidePvAction(pv: PersistentVolume, driver: string): PvAction {
 
 export class PvController {
   readonly loop: ControllerLoop;
+  /** Backoff of DeleteVolume calls, per PV (see RetryGate). */
+  readonly gate: RetryGate;
 
   constructor(private readonly d: Deps) {
     const s = d.settings;
+    this.gate = new RetryGate(s.retryIntervalStartMs, s.retryIntervalMaxMs);
     this.loop = new ControllerLoop({
       name: 'persistentvolume',
       kind: 'PersistentVolume',
@@ -82,13 +86,18 @@ export class PvController {
         return {};
       case 'deleteVolume': {
         const handle = pv.spec.csi?.volumeHandle as string;
+        const wait = this.gate.waitMs(name);
+        if (wait > 0) return { requeueAfterMs: wait };
         try {
-          const node = nodeOfPv(pv);
-          if (!node)
-            throw new ControllerError(ErrorCode.InvalidSpec, `cannot tell which node holds volume "${handle}"`);
-          const info = this.d.nodes.requireReady(node);
-          await this.d.csi.get(node, info.endpoint).deleteVolume(handle);
-          log.info({ volumeHandle: handle, node }, 'Deleted volume');
+          await gated(this.gate, name, async () => {
+            const node = nodeOfPv(pv);
+            if (!node) {
+              throw new ControllerError(ErrorCode.InvalidSpec, `cannot tell which node holds volume "${handle}"`);
+            }
+            const info = this.d.nodes.requireReady(node);
+            await this.d.csi.get(node, info.endpoint).deleteVolume(handle);
+            log.info({ volumeHandle: handle, node }, 'Deleted volume');
+          });
         } catch (err) {
           events.record(R.PersistentVolume, pv, 'Warning', Reason.VolumeFailedDelete, errorMessage(err));
           throw err;

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 import { describe, expect, it } from 'vitest';
-import { WorkQueue } from './workqueue.js';
+import { RetryGate, WorkQueue } from './workqueue.js';
 
 const q = (start = 10, max = 80) => new WorkQueue({ retryIntervalStartMs: start, retryIntervalMaxMs: max });
 
@@ -64,5 +64,26 @@ describe('WorkQueue', () => {
     expect(await p).toBeUndefined();
     wq.add('x');
     expect(wq.depth).toBe(0);
+  });
+});
+
+describe('RetryGate', () => {
+  it('1-6 - gates attempts per key with exponential, capped delays; success resets; release opens the gate', () => {
+    let now = 1000;
+    const g = new RetryGate(100, 400, () => now);
+    expect(g.waitMs('k')).toBe(0);
+    expect(g.failed('k')).toBe(100);
+    expect(g.waitMs('k')).toBe(100);
+    now += 60;
+    expect(g.waitMs('k')).toBe(40);
+    expect(g.waitMs('other')).toBe(0);
+    now += 40;
+    expect(g.waitMs('k')).toBe(0);
+    expect([g.failed('k'), g.failed('k'), g.failed('k')]).toEqual([200, 400, 400]);
+    g.release();
+    expect(g.waitMs('k')).toBe(0);
+    expect(g.failed('k')).toBe(400);
+    g.succeeded('k');
+    expect(g.failed('k')).toBe(100);
   });
 });

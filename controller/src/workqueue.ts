@@ -116,3 +116,42 @@ export class WorkQueue {
     for (const w of this.waiters.splice(0)) w(undefined);
   }
 }
+
+/**
+ * Per-key exponential backoff for side effects on node plugins. The work queue's backoff only delays the
+ * retry it schedules; a watch event (often caused by our own status write about the failure) re-queues the
+ * key at once. A reconcile consults this gate before calling a plugin again, so a failing CSI call is retried
+ * at `start * 2^n` (capped) whatever else wakes the key up, while Kubernetes-side changes still apply at once.
+ */
+export class RetryGate {
+  private readonly state = new Map<string, { n: number; untilMs: number }>();
+
+  constructor(
+    private readonly startMs: number,
+    private readonly maxMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Milliseconds to wait before the next attempt for `key` (0: go ahead). */
+  waitMs(key: string): number {
+    const s = this.state.get(key);
+    return s ? Math.max(0, s.untilMs - this.now()) : 0;
+  }
+
+  /** Records a failed attempt; returns the delay before the next one. */
+  failed(key: string): number {
+    const n = this.state.get(key)?.n ?? 0;
+    const delay = Math.min(this.maxMs, this.startMs * 2 ** Math.min(n, 40));
+    this.state.set(key, { n: n + 1, untilMs: this.now() + delay });
+    return delay;
+  }
+
+  succeeded(key: string): void {
+    this.state.delete(key);
+  }
+
+  /** Lets the next attempt go at once (a node came back), keeping the failure count. */
+  release(key?: string): void {
+    for (const [k, s] of this.state) if (key === undefined || k === key) s.untilMs = 0;
+  }
+}
