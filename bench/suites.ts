@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // Registry of benchmark suites; each issue's suite adds one line here.
 import { datapathSuite } from './datapath.js';
+import { engineSuite } from './engine.js';
 import type { BenchSuite } from './suite.js';
 
 export const suites: Record<string, BenchSuite> = {
   datapath: datapathSuite,
+  engine: engineSuite,
 };

@@ -30,15 +30,19 @@ export interface BlockDevice {
 
 /**
  * Metadata persistence. The engine encodes and validates every byte (layout.ts); the store only
- * places them. `appendJournal` is durable on resolve. `writeCheckpoint` atomically replaces the older of
- * two checkpoint slots (slot = gen % 2), is durable on resolve, and then empties the journal.
+ * places them. `appendJournal` writes at the journal's logical end and is durable on resolve.
+ * `writeCheckpoint` atomically replaces the older of two checkpoint slots (slot = gen % 2), is durable on
+ * resolve, and then sets the journal's logical end to 0 (old frames may stay in the file: replay rejects
+ * them by generation). After `load`, the engine sets the logical end to the valid prefix it decoded.
  */
 export interface MetaStore {
   load(): Promise<{ checkpoints: Uint8Array[]; journal: Uint8Array }>;
   appendJournal(frame: Uint8Array): Promise<void>;
   writeCheckpoint(bytes: Uint8Array, gen: number): Promise<void>;
-  /** Bytes currently in the journal. */
+  /** Bytes of valid frames in the journal (its logical end). */
   journalBytes(): number;
+  /** Sets the logical end (appends continue there). */
+  setJournalEnd(bytes: number): void;
   close(): Promise<void>;
 }
 
@@ -135,6 +139,18 @@ export class MemMetaStore implements MetaStore {
 
   journalBytes(): number {
     return this.journalLength;
+  }
+
+  setJournalEnd(bytes: number): void {
+    let pos = 0;
+    const kept: Uint8Array[] = [];
+    for (const f of this.journal) {
+      if (pos + f.length > bytes) break;
+      kept.push(f);
+      pos += f.length;
+    }
+    this.journal = kept;
+    this.journalLength = pos;
   }
 
   async close(): Promise<void> {}

@@ -4,7 +4,8 @@
 // Two record lists, both kept in the order of the in-memory mutations they describe:
 // - ordered: map changes (cow, snapshot create/delete/invalidate, resize, quota). A production write that
 //   saved a before-image waits on `barrier()` before it overwrites the clone: the barrier makes the saved
-//   data (fsync save.img) and then the frame holding its record (append + fsync journal) durable.
+//   data (fsync save.img) and the frame holding its record (append + fsync journal, in parallel; see the
+//   checksum rule in layout.ts) durable.
 // - deferred: production meta bit map changes. They become durable only in `flush()`, after clone.img was
 //   fsynced, because a set granule bit promises that the clone holds that granule's data (zero-filled parts
 //   included); committing it earlier could expose stale bytes after a crash.
@@ -153,9 +154,11 @@ export class Committer {
     try {
       if (flushes.length > 0) await this.deps.clone.flush();
       if (records.length > 0 || deferred.length > 0) {
-        if (saveDirty) await this.deps.save.flush();
         const frame = encodeFrame(this.gen, this.seq, deferred.length > 0 ? records.concat(deferred) : records);
-        await this.deps.meta.appendJournal(frame);
+        // Save data and frame are synced in parallel; each cow record carries the checksum of its before-image
+        // so replay drops an entry of the last frame whose data did not make it (recovery.ts). Frames never
+        // overlap: the next commit starts only after both syncs of this one completed.
+        await Promise.all([saveDirty ? this.deps.save.flush() : undefined, this.deps.meta.appendJournal(frame)]);
         this.seq++;
         this.framesWritten++;
       } else if (saveDirty) {

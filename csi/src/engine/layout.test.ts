@@ -16,7 +16,7 @@ import {
 import { FULL_META_PAGE, META_PAGE_WORDS } from './meta-bitmap.js';
 
 const records: JournalRecord[] = [
-  { type: 'cow', snapId: 3, block: 2 ** 40 + 7, slot: 99 },
+  { type: 'cow', snapId: 3, block: 2 ** 40 + 7, slot: 99, sum: 0xfeedf00d },
   { type: 'meta-set', granule: 5, count: 9 },
   { type: 'meta-clear', granule: 2 ** 33, count: 1 },
   { type: 'snap-create', snapId: 4, method: 'meta-bitmap', createdAt: 1_700_000_000_123, tag: 'snapshot-é' },

@@ -33,7 +33,9 @@
 //   8   u32  gen (= the checkpoint generation it follows)   12 u32 seq (0, 1, 2, ... within the generation)
 //   16  u32  payload length              20  u32  CRC-32 of bytes 0..19 and the payload
 //   24  payload: records, each a u8 type then fixed fields:
-//       1 cow           u32 snapId, u64 block, u32 slot       MAP_snap[block] = slot and BM_snap[block] = 1
+//       1 cow           u32 snapId, u64 block, u32 slot, u32 sum   MAP_snap[block] = slot, BM_snap[block] = 1;
+//                       sum = blockChecksum(before-image) lets replay reject an entry of the last frame
+//                       whose save data did not reach the disk (save and journal are synced in parallel)
 //       2 meta-set      u64 granule, u64 count                 MBM_P bits [granule, granule + count) := 1
 //       3 meta-clear    u64 granule, u64 count                 MBM_P bits := 0
 //       4 snap-create   u32 snapId, u8 method, f64 createdAt, u16 tag length, tag
@@ -42,6 +44,7 @@
 //       6 snap-invalid  u32 snapId                              EC-5: the snapshot lost a before-image
 //       7 resize        u64 blockCount
 //       8 quota         f64 quotaSlots (-1 = unlimited)
+// The journal file may be longer than its valid frames (it is preallocated and reused after checkpoints).
 // Replay applies frames of the checkpoint's generation with consecutive seq from 0 and stops at the first
 // frame that is short, fails its CRC, or carries another generation: that frame was never acknowledged.
 //
@@ -66,7 +69,7 @@ export type SnapshotMethod = 'save-volume' | 'meta-bitmap';
 export type SnapshotState = 'valid' | 'invalid';
 
 export type JournalRecord =
-  | { type: 'cow'; snapId: number; block: number; slot: number }
+  | { type: 'cow'; snapId: number; block: number; slot: number; sum: number }
   | { type: 'meta-set'; granule: number; count: number }
   | { type: 'meta-clear'; granule: number; count: number }
   | { type: 'snap-create'; snapId: number; method: SnapshotMethod; createdAt: number; tag: string }
@@ -207,7 +210,7 @@ function corrupt(message: string, details: Record<string, unknown> = {}) {
 function recordBytes(r: JournalRecord): number {
   switch (r.type) {
     case 'cow':
-      return 17;
+      return 21;
     case 'meta-set':
     case 'meta-clear':
       return 17;
@@ -220,6 +223,21 @@ function recordBytes(r: JournalRecord): number {
     case 'quota':
       return 9;
   }
+}
+
+/**
+ * Checksum of a saved before-image (cow record `sum`): a 32-bit multiply-xor hash over the bytes. It detects
+ * a save slot whose data never reached the disk; it is not a cryptographic or error-correcting code.
+ */
+export function blockChecksum(data: Uint8Array): number {
+  let h = 0x811c9dc5 ^ data.length;
+  const words = data.byteOffset % 4 === 0 ? Math.floor(data.length / 4) : 0;
+  if (words > 0) {
+    const w = new Uint32Array(data.buffer, data.byteOffset, words);
+    for (let i = 0; i < words; i++) h = Math.imul(h ^ w[i]!, 0x01000193) ^ (h >>> 15);
+  }
+  for (let i = words * 4; i < data.length; i++) h = Math.imul(h ^ data[i]!, 0x01000193) ^ (h >>> 15);
+  return h >>> 0;
 }
 
 /** Encodes one journal frame holding `records`. */
@@ -248,6 +266,7 @@ function encodeRecord(w: Writer, r: JournalRecord): void {
       w.u32(r.snapId);
       w.u64(r.block);
       w.u32(r.slot);
+      w.u32(r.sum);
       return;
     case 'meta-set':
     case 'meta-clear':
@@ -320,7 +339,7 @@ function decodeRecords(r: Reader): JournalRecord[] {
     const type = r.u8();
     switch (type) {
       case 1:
-        out.push({ type: 'cow', snapId: r.u32(), block: r.u64(), slot: r.u32() });
+        out.push({ type: 'cow', snapId: r.u32(), block: r.u64(), slot: r.u32(), sum: r.u32() });
         break;
       case 2:
       case 3:

@@ -15,6 +15,7 @@ import {
   type CheckpointState,
   checkpointGeneration,
   decodeCheckpoint,
+  blockChecksum,
   decodeJournal,
   type JournalRecord,
 } from './layout.js';
@@ -114,10 +115,34 @@ export async function loadCore(
   }
   core.freezer.seed(core.queue.tail?.meta ?? null);
   const journal = decodeJournal(loaded.journal, cp.gen);
-  for (const frame of journal.frames) for (const r of frame) applyRecord(core, r);
+  devices.meta.setJournalEnd(journal.validBytes);
+  const unbacked = await unbackedSaves(core, journal.frames[journal.frames.length - 1] ?? []);
+  for (const frame of journal.frames) for (const r of frame) if (!unbacked.has(r)) applyRecord(core, r);
   rebuildPool(core, cp.poolSlots);
   if (devices.clone.blockCount() < core.blockCount) await devices.clone.resize(core.blockCount);
   return { core, gen: cp.gen, framesReplayed: journal.frames.length };
+}
+
+/**
+ * Cow records of the last frame whose save slot does not hold the checksummed before-image: the crash came
+ * after the frame but before the save data was durable (they are synced in parallel). Their production
+ * write was never acknowledged and the clone still holds the before-image, so dropping the entry is exact.
+ * Earlier frames are safe: a commit starts only after the previous one's syncs both completed.
+ */
+async function unbackedSaves(core: VolumeCore, frame: readonly JournalRecord[]): Promise<Set<JournalRecord>> {
+  const out = new Set<JournalRecord>();
+  const buf = new Uint8Array(core.blockSize);
+  const saveBlocks = core.save.blockCount();
+  for (const r of frame) {
+    if (r.type !== 'cow') continue;
+    if (r.slot >= saveBlocks) {
+      out.add(r);
+      continue;
+    }
+    await core.save.read(r.slot, buf);
+    if (blockChecksum(buf) !== r.sum) out.add(r);
+  }
+  return out;
 }
 
 function newestCheckpoint(candidates: Uint8Array[]): CheckpointState {

@@ -34,6 +34,14 @@ class CountingMeta extends MemMetaStore {
   }
 }
 
+class FailingClone extends MemBlockDevice {
+  failing = false;
+  override async write(block: number, data: Uint8Array): Promise<void> {
+    if (this.failing) throw engineError('ENGINE_DEVICE_IO', 'clone write failed');
+    return super.write(block, data);
+  }
+}
+
 class FullDevice extends MemBlockDevice {
   full = false;
   override async write(block: number, data: Uint8Array): Promise<void> {
@@ -134,6 +142,25 @@ describe('SnapshotVolume API', () => {
     meta.failing = false;
     const again = await SnapshotVolume.open(d);
     expect(await again.readSnapshot(s.id, 0, BS)).toEqual(pattern(1, BS));
+  });
+
+  it('replay drops a last-frame entry whose before-image never reached the save device', async () => {
+    for (const lost of [false, true]) {
+      const clone = new FailingClone(BS);
+      const d = { clone, save: new MemBlockDevice(BS), meta: new MemMetaStore() };
+      const vol = await SnapshotVolume.create(d, { sizeBytes: 8 * BS });
+      await vol.write(0, pattern(1, BS));
+      const s = await vol.createSnapshot();
+      clone.failing = true; // the crash hits after the barrier, before the clone overwrite
+      await expect(vol.write(0, pattern(2, BS))).rejects.toThrow(code('ENGINE_DEVICE_IO'));
+      expect(vol.getSnapshot(s.id).savedBlocks).toBe(1);
+      if (lost) await d.save.write(0, new Uint8Array(BS).fill(0xee));
+      clone.failing = false;
+      const again = await SnapshotVolume.open(d);
+      expect(again.getSnapshot(s.id).savedBlocks).toBe(lost ? 0 : 1);
+      expect(same(await again.readSnapshot(s.id, 0, BS), pattern(1, BS))).toBe(true);
+      again.verifyInvariants();
+    }
   });
 
   it('group commit: 64 concurrent first writes after a snapshot share a couple of journal frames', async () => {

@@ -13,6 +13,7 @@
 //   5. clone write; then MBM_P := valid for the touched granules (a deferred record) and settled := 1.
 
 import { isEngineError } from './errors.js';
+import { blockChecksum } from './layout.js';
 import type { VolumeCore } from './volume-core.js';
 
 interface BlockContent {
@@ -201,7 +202,7 @@ async function saveBeforeImage(core: VolumeCore, b: number): Promise<Uint8Array>
   core.committer.noteSaveWrite();
   const tail = core.queue.tail!;
   tail.map.set(b, slot);
-  core.committer.append({ type: 'cow', snapId: tail.id, block: b, slot });
+  core.committer.append({ type: 'cow', snapId: tail.id, block: b, slot, sum: blockChecksum(old) });
   core.counters.cowCopies++;
   return old;
 }

@@ -2,7 +2,7 @@
 // Fault-injecting FileIo for crash tests: a power cut simulated over real files.
 //
 // Every write and truncate stays in memory ("the page cache") until sync() of that file applies it to the
-// real file ("the disk"); reads see the pending state. The controller counts write and sync calls; at the
+// real file ("the disk"), a few event-loop turns later; reads see the pending state. The controller counts write and sync calls; at the
 // chosen one the crash fires: that call and every later one throw SimulatedCrash. `settle(mode)` then
 // decides what reached the disk and leaves the real files in that state:
 //   drop    nothing unsynced survives;
@@ -80,20 +80,22 @@ class CrashFile implements RandomAccessFile {
     this.pending.push({ kind: 'truncate', size });
   }
 
+  /**
+   * Like fdatasync in the libuv pool: completes after a random number of event-loop turns, so syncs issued
+   * in parallel finish in any order and a crash may land between them. Covers the ops issued before the call.
+   */
   async sync(): Promise<void> {
     this.ctl.tick(null);
-    this.applyAll();
+    const covered = this.pending.length;
+    for (let i = this.ctl.syncDelay(); i > 0; i--) await new Promise((r) => setImmediate(r));
+    this.ctl.alive();
+    for (const op of this.pending.splice(0, covered)) this.apply(op);
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.real.close();
-  }
-
-  applyAll(): void {
-    for (const op of this.pending) this.apply(op);
-    this.pending = [];
   }
 
   /**
@@ -169,6 +171,11 @@ export class CrashController {
       this.interrupted = write === null ? null : { ...write, data: write.data.slice() };
       throw new SimulatedCrash();
     }
+  }
+
+  /** Event-loop turns a sync takes (0-2). */
+  syncDelay(): number {
+    return Math.floor(this.random() * 3);
   }
 
   /** Cuts the power now (after the last completed call). */

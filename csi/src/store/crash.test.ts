@@ -180,7 +180,7 @@ async function crashIteration(root: string, seed: number, mode: CrashMode): Prom
   const bs = rnd() < 0.5 ? 512 : 4096;
   const granuleBlocks = rnd() < 0.7 ? 1 : 2;
   const blocks = 12 + Math.floor(rnd() * 28);
-  const setup = new VolumeStore(dir, new NodeFileIo({ durable: false }));
+  const setup = new VolumeStore(dir, new NodeFileIo({ durable: false }), { journalPreallocateBytes: 16 * 1024 });
   const created = await setup.create('vol', { sizeBytes: blocks * bs, blockSize: bs, granuleBlocks });
   await created.close();
   const ctl = new CrashController(1 + Math.floor(rnd() * 160), rnd);

@@ -4,7 +4,10 @@
 //                               write fails its CRC and the other slot (one generation older) wins, whose
 //                               journal frames are still in place because the journal is emptied only
 //                               after the new checkpoint is durable.
-//   journal                     frames appended at the end, each fdatasync'ed before append resolves.
+//   journal                     frames written at the logical end, each fdatasync'ed before append resolves.
+//                               The file is preallocated with zeros at creation and reused after every
+//                               checkpoint (no truncate), so a sync flushes data without a size change;
+//                               stale frames past the logical end carry an older generation.
 // All three files exist from volume creation on, so no directory entry changes while a volume is in use.
 
 import type { MetaStore } from '../engine/block-device.js';
@@ -14,14 +17,12 @@ import type { FileIo, RandomAccessFile } from './file-io.js';
 export const META_FILES = ['checkpoint-0', 'checkpoint-1', 'journal'] as const;
 
 export class FileMetaStore implements MetaStore {
-  private journalEnd: number;
+  private journalEnd = 0;
 
   private constructor(
     private readonly slots: [RandomAccessFile, RandomAccessFile],
     private readonly journal: RandomAccessFile,
-  ) {
-    this.journalEnd = journal.size();
-  }
+  ) {}
 
   /** Opens (creating when `create`) the metadata files in `dir`. */
   static open(io: FileIo, dir: string, create: boolean): FileMetaStore {
@@ -35,11 +36,27 @@ export class FileMetaStore implements MetaStore {
     return new FileMetaStore([opened[0]!, opened[1]!], opened[2]!);
   }
 
+  /** Writes `bytes` of zeros into a new journal file so that later syncs need no size change. */
+  async preallocateJournal(bytes: number): Promise<void> {
+    const zeros = new Uint8Array(Math.min(bytes, 1 << 20));
+    try {
+      for (let pos = 0; pos < bytes; pos += zeros.length) {
+        this.journal.write(pos, zeros.subarray(0, Math.min(zeros.length, bytes - pos)));
+      }
+      await this.journal.sync();
+    } catch (err) {
+      throw mapError('preallocate', this.journal.path, err);
+    }
+  }
+
   async load(): Promise<{ checkpoints: Uint8Array[]; journal: Uint8Array }> {
     const checkpoints = this.slots.map((f) => readAll(f)).filter((b) => b.length > 0);
     const journal = readAll(this.journal);
-    this.journalEnd = journal.length;
     return { checkpoints, journal };
+  }
+
+  setJournalEnd(bytes: number): void {
+    this.journalEnd = bytes;
   }
 
   async appendJournal(frame: Uint8Array): Promise<void> {
@@ -58,8 +75,6 @@ export class FileMetaStore implements MetaStore {
       slot.write(0, bytes);
       slot.truncate(bytes.length);
       await slot.sync();
-      this.journal.truncate(0);
-      await this.journal.sync();
     } catch (err) {
       throw mapError('checkpoint', slot.path, err);
     }

@@ -25,15 +25,25 @@ export function validateVolumeId(id: string): void {
   }
 }
 
+export interface VolumeStoreOptions {
+  /** Zeros written into a new volume's journal so that commits need no size change; default 8 MiB. */
+  journalPreallocateBytes?: number;
+}
+
+export const JOURNAL_PREALLOCATE_DEFAULT_BYTES = 8 * 1024 * 1024;
+
 export class VolumeStore {
   private readonly open = new Map<string, SnapshotVolume>();
   private seq = 0;
+  private readonly journalPreallocate: number;
   readonly volumesDir: string;
 
   constructor(
     readonly stateDir: string,
     private readonly io: FileIo = new NodeFileIo(),
+    options: VolumeStoreOptions = {},
   ) {
+    this.journalPreallocate = options.journalPreallocateBytes ?? JOURNAL_PREALLOCATE_DEFAULT_BYTES;
     this.volumesDir = join(stateDir, 'volumes');
     this.io.mkdir(this.volumesDir);
   }
@@ -52,7 +62,9 @@ export class VolumeStore {
     this.io.mkdir(join(tmp, 'meta'));
     let volume: SnapshotVolume | undefined;
     try {
-      volume = await SnapshotVolume.create(this.devices(tmp, options.blockSize ?? 4096, true), options);
+      const devices = this.devices(tmp, options.blockSize ?? 4096, true);
+      await devices.meta.preallocateJournal(this.journalPreallocate);
+      volume = await SnapshotVolume.create(devices, options);
       await volume.flush();
       await this.io.syncDir(join(tmp, 'meta'));
       await this.io.syncDir(tmp);
