@@ -27,7 +27,10 @@ export const ENGINE_ERRORS = {
   },
   ENGINE_SNAPSHOT_BUSY: { grpc: 'FAILED_PRECONDITION', summary: 'the snapshot is pinned by a reader or dependant' },
   ENGINE_SNAPSHOT_LIMIT: { grpc: 'RESOURCE_EXHAUSTED', summary: 'the volume already holds the maximum snapshots' },
-  ENGINE_SAVE_POOL_FULL: { grpc: 'RESOURCE_EXHAUSTED', summary: 'the save pool reached its quota or the disk is full' },
+  ENGINE_SAVE_POOL_FULL: {
+    grpc: 'RESOURCE_EXHAUSTED',
+    summary: 'the save pool reached its quota or the disk is full (production writes never fail with it: EC-5)',
+  },
   ENGINE_READ_ONLY: { grpc: 'FAILED_PRECONDITION', summary: 'the view is read-only (RO snapshot)' },
   ENGINE_SHRINK_UNSUPPORTED: { grpc: 'INVALID_ARGUMENT', summary: 'volumes can grow but never shrink' },
   ENGINE_CORRUPT_METADATA: { grpc: 'DATA_LOSS', summary: 'metadata failed a checksum or structural check' },

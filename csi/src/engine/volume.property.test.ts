@@ -109,8 +109,12 @@ async function runSequence(cfg: Config, ops: Op[]): Promise<void> {
         case 'write': {
           const [off, n] = range(op.at, op.len, op.aligned);
           const data = pattern(op.seed, n);
+          // INV-6: a write whose blocks every snapshot treats as unused allocates no save block.
+          const noSave = model.touched(off, n).every((b) => !model.anySnapshotValidFor(b));
+          const used = vol.stats().savePoolUsedBytes;
           await vol.write(off, data);
           model.write(off, data);
+          if (noSave && vol.stats().savePoolUsedBytes !== used) throw new Error('INV-6 write to unused blocks saved');
           break;
         }
         case 'burst': {
@@ -168,7 +172,7 @@ async function runSequence(cfg: Config, ops: Op[]): Promise<void> {
 }
 
 describe('snapshot engine against the array oracle', () => {
-  it(`${RUNS} random sequences keep INV-1/2/4/5/7/8/9/10/18 and OP-18 after every step`, async () => {
+  it(`${RUNS} random sequences keep INV-1/2/4/5/6/7/8/9/10/18 and OP-18 after every step`, async () => {
     await fc.assert(
       fc.asyncProperty(configArb, fc.array(opArb, { minLength: 1, maxLength: LONG ? 80 : 40 }), runSequence),
       { numRuns: RUNS },
