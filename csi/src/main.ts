@@ -5,7 +5,8 @@
 //   (all CSI services) and on TCP with mutual TLS (Identity, Controller, SnapshotMetadata); serve metrics;
 //   register in the node registry Lease when Kubernetes access is configured.
 //   stop (SIGTERM/SIGINT): refuse new calls, let calls in flight finish (--shutdown-grace-seconds), release
-//   the Lease, close the engine volumes (flush + checkpoint) and unmount FUSE.
+//   the Lease, unpublish/unstage what is still staged (pods lose their volumes with the plugin anyway; this
+//   way no loop device outlives it), close the engine volumes (flush + checkpoint) and unmount FUSE.
 // Exit codes: 0 after a clean stop, 1 when start-up fails, 2 for bad flags (one-line reason on stderr).
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import type { Server as HttpServer } from 'node:http';
@@ -48,6 +49,7 @@ async function removeStaleSocket(path: string): Promise<void> {
 
 interface Running {
   readonly config: Config;
+  node?: NodeService;
   readonly log: Logger;
   setServing(on: boolean): void;
   readonly servers: grpc.Server[];
@@ -106,6 +108,7 @@ async function start(config: Config, log: Logger): Promise<Running> {
       volumes: () => backend.volumeSamples(),
       jobs: () => backend.jobSamples(),
     });
+    running.node = new NodeService(driver);
     const deps: ServerDeps = {
       log,
       metrics,
@@ -117,7 +120,7 @@ async function start(config: Config, log: Logger): Promise<Running> {
       driver,
       volumes: new VolumeService(driver),
       snapshots: new SnapshotService(driver),
-      node: new NodeService(driver),
+      node: running.node,
       metadata: new MetadataService(driver),
     };
     const sock = socketPath(config);
@@ -184,6 +187,7 @@ async function stop(r: Running): Promise<void> {
   await Promise.all(r.servers.map((s) => shutdown(s, graceMs)));
   await r.lease?.stop().catch((err: unknown) => r.log.warn({ err }, 'Failed to release the node Lease'));
   await new Promise<void>((resolve) => (r.http ? r.http.close(() => resolve()) : resolve()));
+  await r.node?.teardownAll();
   await r.backend.close();
   await rm(socketPath(r.config), { force: true });
   r.log.info('Stopped node plugin');

@@ -109,4 +109,25 @@ describe('restart persistence (root: loop devices, FUSE, mounts)', () => {
     await call(plugin.clients.controller, 'DeleteSnapshot', { snapshot_id: snap.snapshot_id });
     await call(plugin.clients.controller, 'DeleteVolume', { volume_id: vol });
   });
+
+  it.skipIf(!isRoot)(
+    '4-3 SIGTERM while staged exits 0, and a new plugin stages the volume again with its data',
+    async () => {
+      plugin = await PluginProcess.start();
+      dir = plugin.dir;
+      const vol = await createVolume(plugin, 'term-staged', 'mount', 32 * MiB);
+      const v = await stageAndPublish(plugin, vol, 'mount');
+      const sums = await writeFiles(v.targetPath, [300_000]);
+      expect(await plugin.stop()).toBe(0);
+      expect(plugin.logs('Unstaged volumes at shutdown')).toMatchObject([{ volumes: [vol] }]);
+      expect(await leftoversUnder(dir)).toEqual([]);
+      plugin = await PluginProcess.start({ dir });
+      const p = plugin;
+      await unpublishAndUnstage(p, v);
+      const again = await stageAndPublish(p, vol, 'mount');
+      expect(await checksumFiles(again.targetPath, Object.keys(sums))).toEqual(sums);
+      await unpublishAndUnstage(p, again);
+      await call(p.clients.controller, 'DeleteVolume', { volume_id: vol });
+    },
+  );
 });

@@ -291,10 +291,23 @@ export class EngineBackend implements VolumeBackend {
     return !this.closed;
   }
 
+  /**
+   * Stops the data path, then closes every volume (flush + checkpoint; the flush also covers the workers'
+   * direct writes to clone.img). Callers detach volumes first (NodeService.teardownAll); a view still held
+   * open by a busy mount is cut off (lazy unmount, aborted connection): its file system fails with EIO.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     const errors: unknown[] = [];
+    const attached = this.datapath.views();
+    if (attached.length > 0) {
+      this.log.warn({ views: attached }, 'Stopping with attached volumes; their file systems will fail with EIO');
+    }
+    await this.datapath.stop({ force: attached.length > 0 }).catch((err: unknown) => {
+      errors.push(err);
+      this.log.error({ err }, 'Failed to stop the data path');
+    });
     for (const [id, v] of this.volumes) {
       await v.close().catch((err: unknown) => {
         errors.push(err);
@@ -302,10 +315,6 @@ export class EngineBackend implements VolumeBackend {
       });
     }
     this.volumes.clear();
-    await this.datapath.stop({ force: true }).catch((err: unknown) => {
-      errors.push(err);
-      this.log.error({ err }, 'Failed to stop the data path');
-    });
     if (errors.length > 0) throw new AggregateError(errors, 'closing the storage backend failed');
   }
 

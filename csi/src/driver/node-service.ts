@@ -240,6 +240,37 @@ export class NodeService {
     });
   }
 
+  /**
+   * Shutdown: unpublishes and unstages every volume this process staged (lazily: a pod may still hold a
+   * file open), so no loop device outlives the data path. The records are cleared as after a crash; the CO
+   * stages and publishes again once a plugin runs. Failures are logged, never thrown.
+   */
+  async teardownAll(): Promise<{ volumes: string[] }> {
+    const done: string[] = [];
+    for (const rec of this.d.state.volumes()) {
+      if (!rec.stage && Object.keys(rec.publish).length === 0) continue;
+      for (const p of Object.values(rec.publish)) {
+        await unmount(p.targetPath, { lazy: true }).catch((err: unknown) =>
+          this.d.log.warn({ err, volumeId: rec.volumeId, targetPath: p.targetPath }, 'Failed to unmount at shutdown'),
+        );
+      }
+      if (rec.stage?.accessType === 'mount') {
+        await unmount(rec.stage.stagingPath, { lazy: true }).catch((err: unknown) =>
+          this.d.log.warn({ err, volumeId: rec.volumeId }, 'Failed to unmount the staging path at shutdown'),
+        );
+      }
+      await this.d.backend
+        .detachVolume(rec.volumeId)
+        .catch((err: unknown) => this.d.log.warn({ err, volumeId: rec.volumeId }, 'Failed to detach at shutdown'));
+      await this.d.state
+        .putVolume({ ...rec, stage: null, publish: {} })
+        .catch((err: unknown) => this.d.log.error({ err, volumeId: rec.volumeId }, 'Failed to record the teardown'));
+      done.push(rec.volumeId);
+    }
+    if (done.length > 0) this.d.log.warn({ volumes: done }, 'Unstaged volumes at shutdown');
+    return { volumes: done };
+  }
+
   // ----- internals --------------------------------------------------------------------------------------
 
   private volume(volumeId: string): VolumeRecord {
