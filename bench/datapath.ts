@@ -10,8 +10,12 @@
 // `ours` is measured in steady state: every block was written once after the cut, so writes need no copy.
 // Then a second snapshot is cut and the random-write job runs again: `cow_burst_vs_steady` is that burst
 // over steady state (every first write after a cut copies a before-image and pays a durability barrier).
+// The FUSE server reads and writes its backing files buffered (the default, ADR 0003); `--direct-backing`
+// makes it use O_DIRECT where requests are aligned, as loop's own --direct-io does on `raw`.
+// `--workers=N` sets the number of data-path worker threads.
 // Needs root (loop devices, FUSE).
 import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '../common/src/log.js';
 import { Datapath } from '../csi/src/frontend/datapath.js';
@@ -23,6 +27,10 @@ import type { BenchContext, BenchSuite } from './suite.js';
 interface Options {
   readonly runtimeSec: number;
   readonly sizeBytes: number;
+  /** `--direct-backing`: the FUSE server uses O_DIRECT on its files where aligned (comparison runs). */
+  readonly directBacking: boolean;
+  /** `--workers=N`: data-path worker threads (default: the Datapath default). */
+  readonly workers: number | undefined;
 }
 
 function parseOptions(args: readonly string[]): Options {
@@ -36,6 +44,8 @@ function parseOptions(args: readonly string[]): Options {
   return {
     runtimeSec: num('runtime', quick ? 5 : 15),
     sizeBytes: num('size-mib', quick ? 512 : 2048) * 1024 * 1024,
+    directBacking: args.includes('--direct-backing'),
+    workers: args.some((a) => a.startsWith('--workers=')) ? num('workers', 4) : undefined,
   };
 }
 
@@ -50,6 +60,7 @@ export const datapathSuite: BenchSuite = {
   async run(ctx: BenchContext) {
     if (process.getuid?.() !== 0) throw new Error('the datapath benchmark needs root (loop devices, FUSE)');
     const opts = parseOptions(ctx.args);
+    const loadStart = loadavg()[0] ?? 0;
     const fioVersion = await ensureFio(ctx.log);
     const dir = await mkdtemp('/var/tmp/loopsnap-bench-dp-');
     const log = createLogger({ component: 'bench-datapath', level: 'warn' });
@@ -64,7 +75,12 @@ export const datapathSuite: BenchSuite = {
         await truncate(f, opts.sizeBytes);
         await fillWithFio(f, opts.sizeBytes);
       }
-      datapath = await Datapath.start({ stateDir: join(dir, 'state'), log });
+      datapath = await Datapath.start({
+        stateDir: join(dir, 'state'),
+        log,
+        directIo: opts.directBacking,
+        ...(opts.workers === undefined ? {} : { workers: opts.workers }),
+      });
       const raw = await attachLoop({ file: rawImg });
       loops.push(raw.device);
       datapath.exposeFile('pass', passImg);
@@ -75,7 +91,9 @@ export const datapathSuite: BenchSuite = {
       closeVolume = vol.close;
       const ours = await datapath.attach('bench-vol');
       loops.push(ours.device);
-      ctx.log(`filling ${opts.sizeBytes >> 20} MiB through the engine, cutting a snapshot, rewriting (steady state)`);
+      ctx.log(
+        `filling ${opts.sizeBytes / 1024 / 1024} MiB through the engine, cutting a snapshot, rewriting (steady state)`,
+      );
       await fillWithFio(ours.device, opts.sizeBytes);
       await vol.snapshot();
       await fillWithFio(ours.device, opts.sizeBytes);
@@ -121,6 +139,11 @@ export const datapathSuite: BenchSuite = {
         runtime_sec: opts.runtimeSec,
         size_mib: opts.sizeBytes / 1024 / 1024,
         fio_version: fioVersion,
+        backing_io: opts.directBacking ? 'direct' : 'buffered',
+        workers: opts.workers ?? 'default',
+        // The machine is shared: CPU-bound paths (FUSE) suffer more from other load than the raw loop device.
+        loadavg_1m_start: round(loadStart, 2),
+        loadavg_1m_end: round(loadavg()[0] ?? 0, 2),
       };
       for (const [name, per] of Object.entries(results)) {
         for (const p of FIO_PATTERNS) {

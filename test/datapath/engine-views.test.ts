@@ -37,11 +37,11 @@ interface VolumeStats {
   readonly savePoolUsedBytes: number;
 }
 
-async function startVolume(opts: { sizeBytes: number; volumeId?: string; workers?: number }) {
+async function startVolume(opts: { sizeBytes: number; volumeId?: string; workers?: number; directIo?: boolean }) {
   const dir = await res.tempDir();
   const stateDir = res.stateDir(join(dir, 'state'));
   const host = res.host(await startHost());
-  await host.call('start', { stateDir, workers: opts.workers ?? 4 });
+  await host.call('start', { stateDir, workers: opts.workers ?? 4, directIo: opts.directIo === true });
   const volumeId = opts.volumeId ?? 'vol-a';
   await host.call('createVolume', { volumeId, sizeBytes: opts.sizeBytes });
   await host.call('exposeLive', { volumeId });
@@ -177,11 +177,11 @@ describe('data path: engine views through FUSE and loop devices', () => {
     },
   );
 
-  it.skipIf(!isRoot)(
-    '3-1 (root) raw block: byte-exact against an oracle, with snapshots cut between writes',
-    async () => {
+  it.skipIf(!isRoot).each([{ directIo: false }, { directIo: true }])(
+    '3-1 (root) raw block: byte-exact against an oracle, with snapshots cut between writes (server O_DIRECT: $directIo)',
+    async ({ directIo }) => {
       const size = 64 * MiB;
-      const { host, volumeId, loop } = await startVolume({ sizeBytes: size });
+      const { host, volumeId, loop } = await startVolume({ sizeBytes: size, directIo });
       const oracle = Buffer.alloc(size);
       const cuts: Array<{ id: number; image: Buffer }> = [];
       const fh = await open(loop.device, 'r+');

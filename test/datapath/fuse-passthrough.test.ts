@@ -19,49 +19,52 @@ describe('data path: FUSE pass-through views', () => {
     await res.cleanup();
   });
 
-  it.skipIf(!isRoot)('1-1 (root) loop on a FUSE view has dio=1 and returns exactly what was written', async () => {
-    const dir = await res.tempDir();
-    const stateDir = res.stateDir(join(dir, 'state'));
-    const img = join(dir, 'base.img');
-    await writeFile(img, '');
-    await truncate(img, 32 << 20);
-    const host = res.host(await startHost());
-    await host.call('start', { stateDir, workers: 2 });
-    const path = await host.call<string>('exposeFile', { name: 'vol-1', path: img });
-    expect(path).toBe(join(stateDir, 'fuse', 'vol-1'));
-    const loop = await host.call<LoopDevice>('attach', { name: 'vol-1' });
-    res.loop(loop.device);
-    expect(loop.directIo).toBe(true);
-    expect(loop.backingFile).toBe(path);
+  it.skipIf(!isRoot).each([{ directIo: false }, { directIo: true }])(
+    '1-1 (root) loop on a FUSE view has dio=1 and returns exactly what was written (server O_DIRECT: $directIo)',
+    async ({ directIo }) => {
+      const dir = await res.tempDir();
+      const stateDir = res.stateDir(join(dir, 'state'));
+      const img = join(dir, 'base.img');
+      await writeFile(img, '');
+      await truncate(img, 32 << 20);
+      const host = res.host(await startHost());
+      await host.call('start', { stateDir, workers: 2, directIo });
+      const path = await host.call<string>('exposeFile', { name: 'vol-1', path: img });
+      expect(path).toBe(join(stateDir, 'fuse', 'vol-1'));
+      const loop = await host.call<LoopDevice>('attach', { name: 'vol-1' });
+      res.loop(loop.device);
+      expect(loop.directIo).toBe(true);
+      expect(loop.backingFile).toBe(path);
 
-    const oracle = new Uint8Array(32 << 20);
-    const fh = await open(loop.device, 'r+');
-    try {
-      for (let i = 0; i < 40; i++) {
-        const len = 512 * (1 + (i % 9)) * (i % 3 === 0 ? 64 : 1);
-        const off = 512 * Math.floor(Math.random() * ((oracle.length - len) / 512));
-        const data = randomBytes(len);
-        await fh.write(data, 0, len, off);
-        oracle.set(data, off);
+      const oracle = new Uint8Array(32 << 20);
+      const fh = await open(loop.device, 'r+');
+      try {
+        for (let i = 0; i < 40; i++) {
+          const len = 512 * (1 + (i % 9)) * (i % 3 === 0 ? 64 : 1);
+          const off = 512 * Math.floor(Math.random() * ((oracle.length - len) / 512));
+          const data = randomBytes(len);
+          await fh.write(data, 0, len, off);
+          oracle.set(data, off);
+        }
+        await fh.sync();
+      } finally {
+        await fh.close();
       }
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    const back = await readFile(loop.device);
-    expect(Buffer.compare(back, oracle)).toBe(0);
-    expect(Buffer.compare(await readFile(img), oracle)).toBe(0);
-    const metrics = await host.call<string>('metrics');
-    expect(metrics).toMatch(/loopsnap_datapath_data_requests_total\{path="fast",op="write"\} [1-9]/);
-    expect(metrics).toMatch(/loopsnap_datapath_data_requests_total\{path="handoff",op="write"\} 0/);
-    expect(metrics).toMatch(/loopsnap_datapath_views 1/);
+      const back = await readFile(loop.device);
+      expect(Buffer.compare(back, oracle)).toBe(0);
+      expect(Buffer.compare(await readFile(img), oracle)).toBe(0);
+      const metrics = await host.call<string>('metrics');
+      expect(metrics).toMatch(/loopsnap_datapath_data_requests_total\{path="fast",op="write"\} [1-9]/);
+      expect(metrics).toMatch(/loopsnap_datapath_data_requests_total\{path="handoff",op="write"\} 0/);
+      expect(metrics).toMatch(/loopsnap_datapath_views 1/);
 
-    await host.call('detach', { name: 'vol-1' });
-    await host.call('unexpose', { name: 'vol-1' });
-    await host.call('stop');
-    const fuse = (await readMountInfo()).filter((m) => m.mountPoint === join(stateDir, 'fuse'));
-    expect(fuse).toEqual([]);
-  });
+      await host.call('detach', { name: 'vol-1' });
+      await host.call('unexpose', { name: 'vol-1' });
+      await host.call('stop');
+      const fuse = (await readMountInfo()).filter((m) => m.mountPoint === join(stateDir, 'fuse'));
+      expect(fuse).toEqual([]);
+    },
+  );
 
   it.skipIf(!isRoot)(
     '1-2 (root) a view with a loop device cannot be unexposed; the server refuses to stop',

@@ -51,6 +51,7 @@ export const baseMethods: Record<string, HostMethod> = {
       log: ctx.log,
       registry: ctx.registry,
       ...(typeof p.workers === 'number' ? { workers: p.workers } : {}),
+      ...(typeof p.directIo === 'boolean' ? { directIo: p.directIo } : {}),
     });
     return { fuseMountpoint: ctx.datapath.fuseMountpoint, cleanup: ctx.datapath.cleanup, pid: process.pid };
   },

@@ -62,6 +62,8 @@ export interface DatapathOptions {
   readonly workers?: number;
   /** Registry for the data-path metrics; none registered when absent. */
   readonly registry?: Registry;
+  /** O_DIRECT for aligned fast-path reads and writes of the backing files (default false, see ADR 0003). */
+  readonly directIo?: boolean;
 }
 
 export class Datapath {
@@ -91,6 +93,7 @@ export class Datapath {
       source: 'loopsnap',
       ...(opts.workers === undefined ? {} : { workers: opts.workers }),
       ...(opts.registry === undefined ? {} : { registry: opts.registry }),
+      ...(opts.directIo === undefined ? {} : { directIo: opts.directIo }),
     });
     return new Datapath(opts.stateDir, server, log, cleanup);
   }

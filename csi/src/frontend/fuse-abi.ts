@@ -30,6 +30,8 @@ export const OPEN_OUT_BYTES = 16;
 export const READ_IN_BYTES = 40;
 export const WRITE_IN_BYTES = 40;
 export const WRITE_OUT_BYTES = 8;
+/** Where a WRITE's payload starts in the request (fuse_in_header + fuse_write_in). */
+export const WRITE_PAYLOAD_OFFSET = 40 + 40;
 export const RELEASE_IN_BYTES = 24;
 export const FLUSH_IN_BYTES = 24;
 export const FSYNC_IN_BYTES = 16;

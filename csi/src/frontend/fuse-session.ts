@@ -24,6 +24,7 @@ import {
   OUT_HEADER_BYTES,
   S_IFDIR,
   S_IFREG,
+  WRITE_PAYLOAD_OFFSET,
 } from './fuse-abi.js';
 import {
   type Attr,
@@ -101,6 +102,11 @@ export interface SessionDeps {
    * serve reads buffered only.
    */
   readonly directDataPosition?: number;
+  /**
+   * True when inBuf is placed so that a WRITE's payload is O_DIRECT-aligned: fast-path writes of aligned
+   * requests then go through the view's O_DIRECT descriptor.
+   */
+  readonly directWrites?: boolean;
   /** Request counters (view-protocol.ts COUNTER_*), shared with the main thread for metrics. */
   readonly counters?: Float64Array;
   /** Bound on Atomics.wait while a view's gate is closed, in ms (the gate is re-checked after it). */
@@ -142,6 +148,10 @@ export function probeDirectPosition(buf: Uint8Array, probeFd: number, file: Pick
   return -1;
 }
 
+function aligned(offset: number, length: number): boolean {
+  return offset % DIRECT_ALIGN_BYTES === 0 && length % DIRECT_ALIGN_BYTES === 0;
+}
+
 const HANDOFF_COUNTER: Readonly<Record<WorkerRequest['t'], number>> = {
   read: COUNTER_HANDOFF_READ,
   write: COUNTER_HANDOFF_WRITE,
@@ -171,9 +181,11 @@ export class FuseSession {
   readonly stats = { requests: 0, malformed: 0, garbage: 0, handedOff: 0, replyErrors: 0 };
 
   private readonly counters: Float64Array;
+  private directWritesOk: boolean;
 
   constructor(private readonly deps: SessionDeps) {
     this.directPos = deps.directDataPosition ?? -1;
+    this.directWritesOk = deps.directWrites === true;
     this.counters = deps.counters ?? new Float64Array(COUNTER_SLOTS);
     this.inDv = new DataView(deps.inBuf.buffer, deps.inBuf.byteOffset, deps.inBuf.byteLength);
     this.outDv = new DataView(deps.outBuf.buffer, deps.outBuf.byteOffset, deps.outBuf.byteLength);
@@ -441,7 +453,7 @@ export class FuseSession {
 
   /** Position in outBuf for O_DIRECT data of this request, or -1 to read buffered. */
   private directPosition(v: ViewState, offset: number, n: number): number {
-    if (v.d.fdDirect < 0 || offset % DIRECT_ALIGN_BYTES !== 0 || n % DIRECT_ALIGN_BYTES !== 0) return -1;
+    if (v.d.fdDirect < 0 || !aligned(offset, n)) return -1;
     return this.directPos;
   }
 
@@ -491,7 +503,7 @@ export class FuseSession {
       Atomics.add(ctl, ENGINE_CTL_INFLIGHT, 1);
       try {
         if (this.mayWriteDirect(v, v.engine, offset, size)) {
-          this.pwriteFull(v.d.fd, dataOffset, size, offset);
+          this.writeData(v, dataOffset, size, offset);
           this.counters[COUNTER_FAST_WRITE]! += 1;
           return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
         }
@@ -504,9 +516,26 @@ export class FuseSession {
       const data = new Uint8Array(this.deps.inBuf.subarray(dataOffset, dataOffset + size)); // a copy
       return this.handOff(h, { t: 'write', ...this.base(h, v), offset, data }, [data.buffer as ArrayBuffer]);
     }
-    this.pwriteFull(v.d.fd, dataOffset, size, offset);
+    this.writeData(v, dataOffset, size, offset);
     this.counters[COUNTER_FAST_WRITE]! += 1;
     return this.replyOk(h, encodeWriteOut(this.outDv, OUT_HEADER_BYTES, size));
+  }
+
+  /**
+   * O_DIRECT for aligned writes: no dirty pages pile up under the loop device's own direct I/O, and the
+   * engine's flush (fsync of the clone file) stays short. Buffered otherwise, or if the kernel refuses.
+   */
+  private writeData(v: ViewState, dataOffset: number, size: number, offset: number): void {
+    if (this.directWritesOk && v.d.fdDirect >= 0 && dataOffset === WRITE_PAYLOAD_OFFSET && aligned(offset, size)) {
+      try {
+        this.pwriteFull(v.d.fdDirect, dataOffset, size, offset);
+        return;
+      } catch (err) {
+        if (errnoOf(err) !== Errno.EINVAL) throw err;
+        this.directWritesOk = false;
+      }
+    }
+    this.pwriteFull(v.d.fd, dataOffset, size, offset);
   }
 
   private mayWriteDirect(v: ViewState, e: EngineFastPath, offset: number, size: number): boolean {

@@ -4,7 +4,7 @@
 import { closeSync, fdatasyncSync, constants as fsConstants, openSync, readSync, writeSync } from 'node:fs';
 import { type MessagePort, parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { errnoOf, FuseSession, probeDirectPosition } from './fuse-session.js';
-import { FUSE_MAX_IO_BYTES, FUSE_REQUEST_HEADROOM_BYTES } from './fuse-abi.js';
+import { FUSE_MAX_IO_BYTES, FUSE_REQUEST_HEADROOM_BYTES, WRITE_PAYLOAD_OFFSET } from './fuse-abi.js';
 import { type WorkerControl, type WorkerInit, type WorkerMessage } from './view-protocol.js';
 
 function main(): void {
@@ -16,6 +16,11 @@ function main(): void {
   const fuseFd = init.fuseFd;
 
   const outBuf = Buffer.allocUnsafeSlow(FUSE_MAX_IO_BYTES + 2 * FUSE_REQUEST_HEADROOM_BYTES);
+  // The request buffer starts where a WRITE's payload (at WRITE_PAYLOAD_OFFSET) lands O_DIRECT-aligned.
+  const inRaw = Buffer.allocUnsafeSlow(FUSE_MAX_IO_BYTES + 2 * FUSE_REQUEST_HEADROOM_BYTES);
+  const inPhase = directPosition(init.dioProbePath, inRaw);
+  const inStart = inPhase < 0 ? 0 : (((inPhase - WRITE_PAYLOAD_OFFSET) % 512) + 512) % 512;
+  const inBuf = inRaw.subarray(inStart, inStart + FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES);
   const session = new FuseSession({
     index: init.index,
     dev: {
@@ -46,7 +51,8 @@ function main(): void {
       return m ? (m.message as WorkerControl) : undefined;
     },
     emit: post,
-    inBuf: Buffer.allocUnsafeSlow(FUSE_MAX_IO_BYTES + FUSE_REQUEST_HEADROOM_BYTES),
+    inBuf,
+    directWrites: inPhase >= 0,
     // Room for the largest read at an O_DIRECT-aligned position up to a page into the buffer.
     outBuf,
     directDataPosition: directPosition(init.dioProbePath, outBuf),

@@ -68,7 +68,7 @@ export interface ViewDescriptor {
   readonly sizeBytes: number;
   /** File descriptor (process-wide) for `file` and `live`; -1 for `remote`. Owned and closed by main. */
   readonly fd: number;
-  /** Read-only O_DIRECT descriptor of the same file, or -1. Owned and closed by main. */
+  /** O_DIRECT descriptor of the same file (read-only for read-only views), or -1. Owned and closed by main. */
   readonly fdDirect: number;
   readonly ctl: SharedArrayBuffer;
   /** log2 of the block size (st_blksize of the file). */
