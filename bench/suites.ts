@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // Registry of benchmark suites; each issue's suite adds one line here.
+import { controllerSuite } from './controller.js';
 import { datapathSuite } from './datapath.js';
 import { engineSuite } from './engine.js';
 import type { BenchSuite } from './suite.js';
 
 export const suites: Record<string, BenchSuite> = {
+  controller: controllerSuite,
   datapath: datapathSuite,
   engine: engineSuite,
 };

@@ -18,6 +18,7 @@ import {
   CsiCallError,
   ErrorCode,
   errorMessage,
+  isAbortedCall,
   isCsiFinalError,
   NodeUnavailableError,
 } from './errors.js';
@@ -242,6 +243,7 @@ export class ContentController {
   /** status.error on the content, an event on it and on its snapshot; a final gRPC error ends "being created". */
   private async recordCreateError(w: ContentWorld, err: unknown): Promise<void> {
     const c = this.d.caches.contents.get(w.content.metadata.name) ?? w.content;
+    if (isAbortedCall(err)) return;
     const message = `Failed to create snapshot: ${errorMessage(err)}`;
     const reason = err instanceof NodeUnavailableError ? Reason.NodeUnavailable : Reason.SnapshotCreationFailed;
     if (c.status?.error?.message !== message) {
@@ -362,10 +364,11 @@ export class ContentController {
         }
       }
       if (nodeId) {
-        await this.client(nodeId).deleteSnapshot(handle);
+        await this.client(nodeId).deleteSnapshot(handle, c.spec.source.volumeHandle);
         log.info({ snapshotHandle: handle, node: nodeId }, 'Deleted snapshot');
       }
     } catch (err) {
+      if (isAbortedCall(err)) throw err;
       const message = `Failed to delete snapshot "${handle}": ${errorMessage(err)}`;
       const reason = err instanceof NodeUnavailableError ? Reason.NodeUnavailable : Reason.SnapshotDeleteError;
       this.d.events.record(Resources.VolumeSnapshotContent, c, 'Warning', reason, message);

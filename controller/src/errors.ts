@@ -96,6 +96,11 @@ export function isCsiFinalError(err: unknown): boolean {
   return false;
 }
 
+/** ABORTED: another operation on the same volume is in flight on the plugin; retry quietly. */
+export function isAbortedCall(err: unknown): boolean {
+  return err instanceof CsiCallError && err.grpcCode === grpc.status.ABORTED;
+}
+
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }

@@ -201,7 +201,8 @@ export function buildRequest(w: ProvisionWorld, node: string): CreateVolumeArgs 
       return {
         error: fail(ErrorCode.DataSourceNotReady, `VolumeSnapshot "${source.name}" has no snapshot handle yet`),
       };
-    return { ...base, source: { snapshotId: handle } };
+    const lock = source.content?.spec.source.volumeHandle;
+    return { ...base, source: { snapshotId: handle }, ...(lock ? { lockVolumeId: lock } : {}) };
   }
   if (source.kind === 'pvc') {
     const handle = source.pv?.spec.csi?.volumeHandle;

@@ -6,7 +6,14 @@ import * as grpc from '@grpc/grpc-js';
 import { isAlreadyExists } from '../../common/src/kube-rest.js';
 import { ControllerLoop, gated, type ReconcileContext, type ReconcileResult } from './controller-base.js';
 import type { Deps } from './deps.js';
-import { ControllerError, CsiCallError, ErrorCode, errorMessage, NodeUnavailableError } from './errors.js';
+import {
+  ControllerError,
+  CsiCallError,
+  ErrorCode,
+  errorMessage,
+  isAbortedCall,
+  NodeUnavailableError,
+} from './errors.js';
 import { keyOf, Resources, splitKey } from './kube/resources.js';
 import type { PersistentVolume, PersistentVolumeClaim, PvcCondition, VolumeSnapshotContent } from './kube/types.js';
 import { ANN_PROVISIONING_NODE, FIN_PVC_PROVISIONING, LABEL_MANAGED_BY, pvNameFor, Reason } from './names.js';
@@ -264,6 +271,7 @@ export class Provisioner {
       );
       return 'continue';
     } catch (err) {
+      if (isAbortedCall(err)) throw err;
       const message = `failed to provision volume with StorageClass "${pvc.spec.storageClassName ?? ''}": ${errorMessage(err)}`;
       events.record(Resources.PersistentVolumeClaim, pvc, 'Warning', Reason.ProvisioningFailed, message);
       // Out of space on that node: nothing was created there, so the next attempt may pick another node

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+import { KeyedMutex } from './csi-client/node-client.js';
 import { describe, expect, it } from 'vitest';
 import { RetryGate, WorkQueue } from './workqueue.js';
 
@@ -85,5 +86,30 @@ describe('RetryGate', () => {
     expect(g.failed('k')).toBe(400);
     g.succeeded('k');
     expect(g.failed('k')).toBe(100);
+  });
+});
+
+describe('KeyedMutex', () => {
+  it('1-7 - runs functions one at a time per key, in order, keys independent, and survives rejections', async () => {
+    const m = new KeyedMutex();
+    const log: string[] = [];
+    const step =
+      (name: string, ms: number, fail = false) =>
+      async () => {
+        log.push(`start ${name}`);
+        await new Promise((r) => setTimeout(r, ms));
+        log.push(`end ${name}`);
+        if (fail) throw new Error(name);
+        return name;
+      };
+    const results = await Promise.allSettled([
+      m.run('v1', step('a', 30, true)),
+      m.run('v1', step('b', 5)),
+      m.run('v2', step('c', 10)),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'fulfilled', 'fulfilled']);
+    expect(log.indexOf('start b')).toBeGreaterThan(log.indexOf('end a'));
+    expect(log.indexOf('start c')).toBeLessThan(log.indexOf('end a'));
+    expect(m.size).toBe(0);
   });
 });

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { call, isRoot } from '../csi/plugin.js';
+import { csiCall as call, isRoot } from '../support/node-plugin.js';
 import { checksumFiles, readAt, sha256, writeDurable, writeFiles } from '../csi/volumes.js';
 import { sh } from '../support/datapath-host.js';
 import { useCluster } from '../support/cluster.js';
@@ -384,5 +384,19 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
     expect(metrics).toMatch(/loopsnap_reconcile_duration_seconds_bucket\{le="[^"]+",controller="volumesnapshot"\}/);
     expect(metrics).toMatch(/loopsnap_workqueue_depth\{controller="persistentvolumeclaim"\} \d/);
     expect(metrics).toMatch(/loopsnap_nodes_ready 2/);
+  });
+
+  it('1-11 - once the test objects are deleted, no volume and no snapshot is left on either node', async () => {
+    await env.drain();
+    for (const [nodeId, p] of env.plugins) {
+      const vols = await call<{ entries: unknown[] }>(p.clients.controller, 'ListVolumes', {});
+      const snaps = await call<{ entries: unknown[] }>(p.clients.controller, 'ListSnapshots', {});
+      expect({ nodeId, volumes: vols.entries.length, snapshots: snaps.entries.length }).toEqual({
+        nodeId,
+        volumes: 0,
+        snapshots: 0,
+      });
+    }
+    expect(await env.leftovers()).toEqual([]);
   });
 });

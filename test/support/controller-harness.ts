@@ -168,7 +168,7 @@ export class ControllerProcess {
     return this.child.pid as number;
   }
 
-  static async start(args: readonly string[], logPath: string): Promise<ControllerProcess> {
+  static async start(args: readonly string[], logPath: string, logLevel = 'debug'): Promise<ControllerProcess> {
     await ensureBuilt();
     const port = await freePort();
     const child = spawn(
@@ -180,7 +180,7 @@ export class ControllerProcess {
         '--http-endpoint',
         `127.0.0.1:${port}`,
         '--log-level',
-        'debug',
+        logLevel,
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );

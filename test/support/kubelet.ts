@@ -7,7 +7,14 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { KubeRest } from '../../common/src/kube-rest.js';
-import { call, type PluginProcess } from '../csi/plugin.js';
+import type * as grpc from '@grpc/grpc-js';
+import { csiCall as call } from './node-plugin.js';
+
+/** What the stand-in needs of a node plugin process (test/support/node-plugin.ts or test/csi/plugin.ts). */
+export interface PluginHandle {
+  readonly dir: string;
+  readonly clients: { readonly node: grpc.Client };
+}
 
 export const TOPOLOGY_KEY = 'topology.loopsnap.dev/node';
 
@@ -43,7 +50,7 @@ export class KubeletStandIn {
 
   constructor(
     private readonly rest: KubeRest,
-    private readonly plugins: ReadonlyMap<string, PluginProcess>,
+    private readonly plugins: ReadonlyMap<string, PluginHandle>,
   ) {}
 
   /** Creates (or keeps) a Node object per node id, labelled as kubelet labels topology segments. */
@@ -65,7 +72,7 @@ export class KubeletStandIn {
     for (const id of nodeIds) await this.rest.delete(`/api/v1/nodes/${id}`);
   }
 
-  private plugin(nodeId: string): PluginProcess {
+  private plugin(nodeId: string): PluginHandle {
     const p = this.plugins.get(nodeId);
     if (!p) throw new Error(`no node plugin for node ${nodeId}`);
     return p;

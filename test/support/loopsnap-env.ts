@@ -8,11 +8,11 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { KubeRest } from '../../common/src/kube-rest.js';
-import { cleanupDir, leftoversUnder, PluginProcess } from '../csi/plugin.js';
 import type { ClusterHandle } from './cluster.js';
 import { baseArgs, ControllerProcess, ensureBuilt, freePort } from './controller-harness.js';
 import { installOurCrds } from './crds-install.js';
 import { KubeletStandIn } from './kubelet.js';
+import { cleanupPluginDir, leftoversUnder, NodePlugin } from './node-plugin.js';
 import { REPO_ROOT } from './paths.js';
 import { createTestPki, type TestPki } from './tls.js';
 import { waitFor } from './wait.js';
@@ -23,16 +23,18 @@ export interface EnvOptions {
   readonly nodes: readonly string[];
   readonly controllers?: number;
   readonly controllerArgs?: readonly string[];
+  readonly controllerLogLevel?: string;
+  readonly pluginLogLevel?: string;
 }
 
 interface NodeSlot {
-  plugin: PluginProcess;
+  plugin: NodePlugin;
   readonly dir: string;
   readonly port: number;
 }
 
 export class LoopsnapEnv {
-  readonly plugins = new Map<string, PluginProcess>();
+  readonly plugins = new Map<string, NodePlugin>();
   readonly controllers: ControllerProcess[] = [];
   readonly kubelet: KubeletStandIn;
   private readonly slots = new Map<string, NodeSlot>();
@@ -100,18 +102,17 @@ export class LoopsnapEnv {
       this.cluster.kubeconfigPath,
       '--registry-namespace',
       this.namespace,
-      '--node-id',
-      nodeId,
     ];
   }
 
-  async startPlugin(nodeId: string): Promise<PluginProcess> {
+  async startPlugin(nodeId: string): Promise<NodePlugin> {
     const slot = this.slots.get(nodeId);
     const port = slot?.port ?? (await freePort());
-    const plugin = await PluginProcess.start({
+    const plugin = await NodePlugin.start({
       nodeId,
       ...(slot ? { dir: slot.dir } : {}),
-      extraArgs: this.pluginArgs(nodeId, port),
+      args: this.pluginArgs(nodeId, port),
+      ...(this.opts.pluginLogLevel ? { logLevel: this.opts.pluginLogLevel } : {}),
     });
     if (!slot) this.dirs.push(plugin.dir);
     this.slots.set(nodeId, { plugin, dir: plugin.dir, port });
@@ -127,7 +128,7 @@ export class LoopsnapEnv {
     this.kubelet.forgetNode(nodeId);
   }
 
-  async restartPlugin(nodeId: string): Promise<PluginProcess> {
+  async restartPlugin(nodeId: string): Promise<NodePlugin> {
     await this.killPlugin(nodeId);
     return this.startPlugin(nodeId);
   }
@@ -143,6 +144,7 @@ export class LoopsnapEnv {
         ...extra,
       ],
       join(this.logDir, `controller-${i}.log`),
+      this.opts.controllerLogLevel ?? 'debug',
     );
     this.controllers.push(c);
     return c;
@@ -209,10 +211,14 @@ export class LoopsnapEnv {
     );
   }
 
-  /** Loop devices and mounts left under the plugins' dirs (leak check). */
+  /** Loop devices and mounts of volumes left under the plugins' dirs (leak check; each plugin's own FUSE mount
+   * is not a leak while it runs). */
   async leftovers(): Promise<string[]> {
     const out: string[] = [];
-    for (const d of this.dirs) out.push(...(await leftoversUnder(join(d, 'state')).catch(() => [])));
+    for (const d of this.dirs) {
+      const found = await leftoversUnder(d).catch(() => [] as string[]);
+      out.push(...found.filter((l) => l !== `mount ${join(d, 'state', 'fuse')}`));
+    }
     return out;
   }
 
@@ -220,7 +226,7 @@ export class LoopsnapEnv {
     await this.drain().catch(() => undefined);
     for (const c of this.controllers) await c.stop().catch(() => undefined);
     for (const p of this.plugins.values()) await p.stop().catch(() => undefined);
-    for (const d of this.dirs) await cleanupDir(d).catch(() => undefined);
+    for (const d of this.dirs) await cleanupPluginDir(d).catch(() => undefined);
     await this.kubelet.deleteNodes(this.opts.nodes).catch(() => undefined);
     this.rest.close();
     await this.pki.cleanup();

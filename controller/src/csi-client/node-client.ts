@@ -55,6 +55,33 @@ export interface CreateVolumeArgs {
   readonly capabilities: readonly VolumeCapabilitySpec[];
   readonly source?: { readonly snapshotId: string } | { readonly volumeId: string };
   readonly topology?: Record<string, string>;
+  /** Volume the call reads from (clone source, or the volume a source snapshot belongs to): serialised. */
+  readonly lockVolumeId?: string;
+}
+
+/**
+ * Runs functions one at a time per key. The node plugin serialises operations per volume and answers ABORTED
+ * to a second concurrent one; queueing them here instead keeps a burst of snapshots of one volume from
+ * turning into a storm of ABORTED retries.
+ */
+export class KeyedMutex {
+  private readonly tails = new Map<string, Promise<unknown>>();
+
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.tails.set(key, tail);
+    try {
+      return await next;
+    } finally {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    }
+  }
+
+  get size(): number {
+    return this.tails.size;
+  }
 }
 
 type RawCall = (
@@ -100,7 +127,12 @@ export class CsiNodeClient {
     readonly nodeId: string,
     readonly endpoint: string,
     tls: NodeTls | 'insecure',
-    private readonly opts: { readonly timeoutMs: number; readonly metrics?: ControllerMetrics; readonly log?: Logger },
+    private readonly opts: {
+      readonly timeoutMs: number;
+      readonly metrics?: ControllerMetrics;
+      readonly log?: Logger;
+      readonly volumeLocks?: KeyedMutex;
+    },
   ) {
     const creds =
       tls === 'insecure' ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(tls.ca, tls.key, tls.cert);
@@ -120,6 +152,13 @@ export class CsiNodeClient {
 
   close(): void {
     this.identity.close();
+  }
+
+  /** Serialises calls that touch `volumeId` on this node (see KeyedMutex). */
+  private onVolume<T>(volumeId: string | undefined, fn: () => Promise<T>): Promise<T> {
+    const locks = this.opts.volumeLocks;
+    if (!locks || !volumeId) return fn();
+    return locks.run(`${this.nodeId}/${volumeId}`, fn);
   }
 
   private call<T>(client: grpc.Client, method: string, req: unknown, timeoutMs = this.opts.timeoutMs): Promise<T> {
@@ -158,18 +197,22 @@ export class CsiNodeClient {
     name: string;
     parameters: Record<string, string>;
   }): Promise<CsiSnapshot> {
-    const res = await this.call<{ snapshot?: RawSnapshot }>(this.controller, 'CreateSnapshot', {
-      source_volume_id: args.sourceVolumeId,
-      name: args.name,
-      parameters: args.parameters,
-      secrets: {},
-    });
+    const res = await this.onVolume(args.sourceVolumeId, () =>
+      this.call<{ snapshot?: RawSnapshot }>(this.controller, 'CreateSnapshot', {
+        source_volume_id: args.sourceVolumeId,
+        name: args.name,
+        parameters: args.parameters,
+        secrets: {},
+      }),
+    );
     return toSnapshot(res.snapshot);
   }
 
-  /** Idempotent: OK when the snapshot does not exist. */
-  async deleteSnapshot(snapshotId: string): Promise<void> {
-    await this.call(this.controller, 'DeleteSnapshot', { snapshot_id: snapshotId, secrets: {} });
+  /** Idempotent: OK when the snapshot does not exist. `sourceVolumeId`, when known, serialises the call. */
+  async deleteSnapshot(snapshotId: string, sourceVolumeId?: string): Promise<void> {
+    await this.onVolume(sourceVolumeId, () =>
+      this.call(this.controller, 'DeleteSnapshot', { snapshot_id: snapshotId, secrets: {} }),
+    );
   }
 
   /** All snapshots matching the filters (follows pagination). */
@@ -203,22 +246,25 @@ export class CsiNodeClient {
           ? { snapshot: { snapshot_id: args.source.snapshotId } }
           : { volume: { volume_id: args.source.volumeId } };
     const topo = args.topology ? [{ segments: args.topology }] : [];
-    const res = await this.call<{
-      volume?: {
-        capacity_bytes?: string;
-        volume_id?: string;
-        volume_context?: Record<string, string>;
-        accessible_topology?: Array<{ segments?: Record<string, string> }>;
-      };
-    }>(this.controller, 'CreateVolume', {
-      name: args.name,
-      capacity_range: { required_bytes: args.requiredBytes.toString(), limit_bytes: '0' },
-      volume_capabilities: args.capabilities.map(capability),
-      parameters: args.parameters,
-      secrets: {},
-      ...(source ? { volume_content_source: source } : {}),
-      ...(topo.length > 0 ? { accessibility_requirements: { requisite: topo, preferred: topo } } : {}),
-    });
+    const lock = args.lockVolumeId ?? (args.source && 'volumeId' in args.source ? args.source.volumeId : undefined);
+    const res = await this.onVolume(lock, () =>
+      this.call<{
+        volume?: {
+          capacity_bytes?: string;
+          volume_id?: string;
+          volume_context?: Record<string, string>;
+          accessible_topology?: Array<{ segments?: Record<string, string> }>;
+        };
+      }>(this.controller, 'CreateVolume', {
+        name: args.name,
+        capacity_range: { required_bytes: args.requiredBytes.toString(), limit_bytes: '0' },
+        volume_capabilities: args.capabilities.map(capability),
+        parameters: args.parameters,
+        secrets: {},
+        ...(source ? { volume_content_source: source } : {}),
+        ...(topo.length > 0 ? { accessibility_requirements: { requisite: topo, preferred: topo } } : {}),
+      }),
+    );
     const v = res.volume;
     return {
       volumeId: v?.volume_id ?? '',
@@ -230,7 +276,9 @@ export class CsiNodeClient {
 
   /** Idempotent: OK when the volume does not exist. */
   async deleteVolume(volumeId: string): Promise<void> {
-    await this.call(this.controller, 'DeleteVolume', { volume_id: volumeId, secrets: {} });
+    await this.onVolume(volumeId, () =>
+      this.call(this.controller, 'DeleteVolume', { volume_id: volumeId, secrets: {} }),
+    );
   }
 
   async controllerExpandVolume(args: {
@@ -238,15 +286,17 @@ export class CsiNodeClient {
     requiredBytes: bigint;
     capability?: VolumeCapabilitySpec;
   }): Promise<{ capacityBytes: bigint; nodeExpansionRequired: boolean }> {
-    const res = await this.call<{ capacity_bytes?: string; node_expansion_required?: boolean }>(
-      this.controller,
-      'ControllerExpandVolume',
-      {
-        volume_id: args.volumeId,
-        capacity_range: { required_bytes: args.requiredBytes.toString(), limit_bytes: '0' },
-        secrets: {},
-        ...(args.capability ? { volume_capability: capability(args.capability) } : {}),
-      },
+    const res = await this.onVolume(args.volumeId, () =>
+      this.call<{ capacity_bytes?: string; node_expansion_required?: boolean }>(
+        this.controller,
+        'ControllerExpandVolume',
+        {
+          volume_id: args.volumeId,
+          capacity_range: { required_bytes: args.requiredBytes.toString(), limit_bytes: '0' },
+          secrets: {},
+          ...(args.capability ? { volume_capability: capability(args.capability) } : {}),
+        },
+      ),
     );
     return {
       capacityBytes: BigInt(res.capacity_bytes ?? '0'),
@@ -276,6 +326,7 @@ export class CsiNodeClient {
 /** One client per node; replaced when the node's endpoint changes. */
 export class CsiClientPool {
   private readonly clients = new Map<string, CsiNodeClient>();
+  private readonly volumeLocks = new KeyedMutex();
 
   constructor(
     private readonly tls: NodeTls | 'insecure',
@@ -286,7 +337,7 @@ export class CsiClientPool {
     const existing = this.clients.get(nodeId);
     if (existing && existing.endpoint === endpoint) return existing;
     existing?.close();
-    const client = new CsiNodeClient(nodeId, endpoint, this.tls, this.opts);
+    const client = new CsiNodeClient(nodeId, endpoint, this.tls, { ...this.opts, volumeLocks: this.volumeLocks });
     this.clients.set(nodeId, client);
     return client;
   }
