@@ -6,6 +6,7 @@
 // Directory .loopsnap/chart-cluster-<slot>; ports of the slot's test cluster + 5 (the slot's block of ten
 // leaves them free). Stopped and purged after the file, also when tests fail.
 import { execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
 import { afterAll, beforeAll } from 'vitest';
@@ -88,6 +89,7 @@ export function usePrivateCluster(): PrivateCluster {
   }, 600_000);
   afterAll(() => {
     script('purge');
+    rmSync(env().LOOPSNAP_CLUSTER_DIR ?? '', { recursive: true, force: true });
   }, 120_000);
   return handle;
 }
