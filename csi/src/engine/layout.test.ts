@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 import { describe, expect, it } from 'vitest';
 import { heapWords } from './bits.js';
+import { decodeCheckpoint, encodeCheckpoint } from './checkpoint-codec.js';
 import { crc32 } from './crc32.js';
 import { BlockMap } from './block-map.js';
 import {
   type CheckpointState,
-  decodeCheckpoint,
   decodeJournal,
-  encodeCheckpoint,
   encodeFrame,
   FORMAT_VERSION,
   FRAME_HEADER_BYTES,

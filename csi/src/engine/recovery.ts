@@ -10,15 +10,9 @@
 import type { BlockDevice, MetaStore } from './block-device.js';
 import type { WordAllocator } from './bits.js';
 import { BlockMap } from './block-map.js';
+import { checkpointGeneration, decodeCheckpoint } from './checkpoint-codec.js';
 import { EngineError, engineError } from './errors.js';
-import {
-  type CheckpointState,
-  checkpointGeneration,
-  decodeCheckpoint,
-  blockChecksum,
-  decodeJournal,
-  type JournalRecord,
-} from './layout.js';
+import { type CheckpointState, blockChecksum, decodeJournal, type JournalRecord } from './layout.js';
 import { FrozenMeta, FULL_META_PAGE, META_PAGE_WORDS } from './meta-bitmap.js';
 import { allOnes, allZero } from './bits.js';
 import type { SnapshotEntry } from './snapshot-queue.js';

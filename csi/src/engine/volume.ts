@@ -9,14 +9,13 @@
 // `resize` and `setSaveQuota` are durable on resolve. `discard` is durable after the next flush.
 // Concurrency: calls may overlap freely; see gate.ts, write-path.ts and shared-state.ts.
 
-import type { BlockDevice, MetaStore } from './block-device.js';
-import { heapWords, sharedWords, type WordAllocator } from './bits.js';
 import { Committer } from './committer.js';
 import { allocatedBlocks, type BlockExtent, changedBlocks, type ValiditySource } from './differential.js';
 import { engineError } from './errors.js';
 import { Gate } from './gate.js';
 import { checkpointOf, loadCore } from './recovery.js';
-import { encodeCheckpoint, type SnapshotMethod, type SnapshotState } from './layout.js';
+import { encodeCheckpoint } from './checkpoint-codec.js';
+import type { SnapshotMethod } from './layout.js';
 import { readProduction, readSnapshot } from './read-path.js';
 import { CTL_GENERATION, type SharedVolumeState } from './shared-state.js';
 import type { SnapshotEntry } from './snapshot-queue.js';
@@ -24,90 +23,26 @@ import { BlockMap } from './block-map.js';
 import { VolumeCore } from './volume-core.js';
 import { discardRange, writeRange } from './write-path.js';
 import { verifyCore } from './verify.js';
+import { blockQuery, checkRange, snapshotInfo, toBytes, volumeStats } from './volume-report.js';
+import {
+  allocatorOf,
+  BLOCK_SIZE_DEFAULT_BYTES,
+  checkSize,
+  CHECKPOINT_JOURNAL_DEFAULT_BYTES,
+  type CreateVolumeOptions,
+  type Extent,
+  type ExtentOptions,
+  isPow2,
+  MAX_SNAPSHOTS_DEFAULT,
+  type SnapshotInfo,
+  type ViewRef,
+  type VolumeDevices,
+  type VolumeRuntimeOptions,
+  type VolumeStats,
+} from './volume-options.js';
 
 export type { SnapshotMethod, SnapshotState } from './layout.js';
-
-export const BLOCK_SIZE_DEFAULT_BYTES = 4096;
-export const MAX_SNAPSHOTS_DEFAULT = 256;
-export const CHECKPOINT_JOURNAL_DEFAULT_BYTES = 8 * 1024 * 1024;
-const MAX_SAFE_BYTES = Number.MAX_SAFE_INTEGER;
-
-export interface VolumeDevices {
-  clone: BlockDevice;
-  save: BlockDevice;
-  meta: MetaStore;
-}
-
-export interface VolumeRuntimeOptions {
-  /** Allocate the production meta bit map, settled map and control words on SharedArrayBuffers. */
-  shared?: boolean;
-  /** Overrides `shared`. */
-  allocator?: WordAllocator;
-  /** Milliseconds since the epoch; default Date.now. */
-  clock?: () => number;
-  /** Runs `fn` after pending I/O callbacks (group-commit window); default setImmediate. */
-  schedule?: (fn: () => void) => void;
-  /** EC-6 limit; default 256. */
-  maxSnapshots?: number;
-  /** Journal size that triggers a checkpoint; default 8 MiB. */
-  checkpointJournalBytes?: number;
-}
-
-export interface CreateVolumeOptions extends VolumeRuntimeOptions {
-  sizeBytes: number;
-  /** Power of two, 512 B .. 1 MiB; default 4096. */
-  blockSize?: number;
-  /** Blocks per meta bit map granule (power of two); default 1. */
-  granuleBlocks?: number;
-  /** Save pool quota in bytes; null or absent = grow until the device is full. */
-  saveQuotaBytes?: number | null;
-}
-
-export type ViewRef = { kind: 'live' } | { kind: 'snapshot'; id: number };
-
-export interface SnapshotInfo {
-  id: number;
-  method: SnapshotMethod;
-  state: SnapshotState;
-  tag: string;
-  createdAt: number;
-  sizeBytes: number;
-  /** Before-images this entry holds in the save pool. */
-  savedBlocks: number;
-  pins: number;
-}
-
-/** Byte extent, ascending and non-overlapping in every result. */
-export interface Extent {
-  offset: number;
-  length: number;
-}
-
-export interface ExtentOptions {
-  /** Skip extents ending at or before this byte (rounded down to a block). */
-  startingOffset?: number;
-  maxResults?: number;
-}
-
-export interface VolumeStats {
-  blockSize: number;
-  blockCount: number;
-  sizeBytes: number;
-  granuleBlocks: number;
-  snapshotCount: number;
-  invalidSnapshotCount: number;
-  savePoolUsedBytes: number;
-  savePoolSizeBytes: number;
-  saveQuotaBytes: number | null;
-  cowCopiesTotal: number;
-  snapshotsInvalidatedTotal: number;
-  journalBytes: number;
-  checkpointsTotal: number;
-  /** Resident metadata of the volume itself (meta bit map, settled map, allocator). */
-  volumeMetadataBytes: number;
-  /** Resident metadata of all snapshots (bit/block maps, frozen meta pages counted once). */
-  snapshotMetadataBytes: number;
-}
+export * from './volume-options.js';
 
 export class SnapshotVolume {
   private closed = false;
@@ -430,32 +365,7 @@ export class SnapshotVolume {
   }
 
   stats(): VolumeStats {
-    const core = this.core;
-    const bs = core.blockSize;
-    const pages = new Set<Uint32Array>();
-    let snapshotBytes = 0;
-    for (const e of core.queue.entries) {
-      snapshotBytes += e.map.residentBytes() + 128 + e.meta.pages.length * 8;
-      for (const p of e.meta.ownPages()) pages.add(p);
-    }
-    for (const p of pages) snapshotBytes += p.byteLength;
-    return {
-      blockSize: bs,
-      blockCount: core.blockCount,
-      sizeBytes: core.blockCount * bs,
-      granuleBlocks: core.granuleBlocks,
-      snapshotCount: core.queue.length,
-      invalidSnapshotCount: core.queue.entries.filter((e) => e.state === 'invalid').length,
-      savePoolUsedBytes: core.pool.usedSlots * bs,
-      savePoolSizeBytes: core.pool.sizeSlots * bs,
-      saveQuotaBytes: core.pool.quotaSlots === null ? null : core.pool.quotaSlots * bs,
-      cowCopiesTotal: core.counters.cowCopies,
-      snapshotsInvalidatedTotal: core.counters.invalidations,
-      journalBytes: core.metaStore.journalBytes(),
-      checkpointsTotal: core.counters.checkpoints,
-      volumeMetadataBytes: core.meta.residentBytes() + core.settled.byteLength + core.pool.residentBytes(),
-      snapshotMetadataBytes: snapshotBytes,
-    };
+    return volumeStats(this.core);
   }
 
   /** Checks INV-4, INV-7, INV-8 and INV-18-style structure; throws on the first violation (tests). */
@@ -543,60 +453,18 @@ export class SnapshotVolume {
   }
 
   private info(e: SnapshotEntry): SnapshotInfo {
-    return {
-      id: e.id,
-      method: e.method,
-      state: e.state,
-      tag: e.tag,
-      createdAt: e.createdAt,
-      sizeBytes: e.blockCount * this.core.blockSize,
-      savedBlocks: e.map.size,
-      pins: e.pins,
-    };
+    return snapshotInfo(e, this.core.blockSize);
   }
 
   private checkRange(offset: number, length: number, limit: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      throw engineError('ENGINE_BAD_ARGUMENT', 'offset and length must be non-negative integers', { offset, length });
-    }
-    if (offset + length > limit) {
-      throw engineError('ENGINE_OUT_OF_RANGE', `range ${offset}+${length} exceeds ${limit} bytes`, {
-        offset,
-        length,
-        limit,
-      });
-    }
+    checkRange(offset, length, limit);
   }
 
   private blockQuery(options: ExtentOptions): { startBlock: number; maxExtents: number } {
-    const start = options.startingOffset ?? 0;
-    if (!Number.isSafeInteger(start) || start < 0) {
-      throw engineError('ENGINE_BAD_ARGUMENT', 'startingOffset must be a non-negative integer');
-    }
-    const max = options.maxResults ?? Number.POSITIVE_INFINITY;
-    if (max <= 0) throw engineError('ENGINE_BAD_ARGUMENT', 'maxResults must be positive');
-    return { startBlock: Math.floor(start / this.core.blockSize), maxExtents: max };
+    return blockQuery(options, this.core.blockSize);
   }
 
   private toBytes(extents: BlockExtent[]): Extent[] {
-    const bs = this.core.blockSize;
-    return extents.map((e) => ({ offset: e.block * bs, length: e.count * bs }));
+    return toBytes(extents, this.core.blockSize);
   }
-}
-
-function isPow2(n: number): boolean {
-  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
-}
-
-function checkSize(sizeBytes: number, blockSize: number): void {
-  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % blockSize !== 0 || sizeBytes > MAX_SAFE_BYTES) {
-    throw engineError('ENGINE_BAD_ARGUMENT', `size ${sizeBytes} is not a positive multiple of ${blockSize} bytes`, {
-      sizeBytes,
-      blockSize,
-    });
-  }
-}
-
-function allocatorOf(options: VolumeRuntimeOptions): WordAllocator {
-  return options.allocator ?? (options.shared === true ? sharedWords : heapWords);
 }

@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: Apache-2.0
+// Result shaping and argument checks of the SnapshotVolume API: stats, snapshot info, byte extents.
+
+import type { BlockExtent } from './differential.js';
+import { engineError } from './errors.js';
+import type { SnapshotEntry } from './snapshot-queue.js';
+import type { Extent, ExtentOptions, SnapshotInfo, VolumeStats } from './volume-options.js';
+import type { VolumeCore } from './volume-core.js';
+
+export function volumeStats(core: VolumeCore): VolumeStats {
+  const bs = core.blockSize;
+  const pages = new Set<Uint32Array>();
+  let snapshotBytes = 0;
+  for (const e of core.queue.entries) {
+    snapshotBytes += e.map.residentBytes() + 128 + e.meta.pages.length * 8;
+    for (const p of e.meta.ownPages()) pages.add(p);
+  }
+  for (const p of pages) snapshotBytes += p.byteLength;
+  return {
+    blockSize: bs,
+    blockCount: core.blockCount,
+    sizeBytes: core.blockCount * bs,
+    granuleBlocks: core.granuleBlocks,
+    snapshotCount: core.queue.length,
+    invalidSnapshotCount: core.queue.entries.filter((e) => e.state === 'invalid').length,
+    savePoolUsedBytes: core.pool.usedSlots * bs,
+    savePoolSizeBytes: core.pool.sizeSlots * bs,
+    saveQuotaBytes: core.pool.quotaSlots === null ? null : core.pool.quotaSlots * bs,
+    cowCopiesTotal: core.counters.cowCopies,
+    snapshotsInvalidatedTotal: core.counters.invalidations,
+    journalBytes: core.metaStore.journalBytes(),
+    checkpointsTotal: core.counters.checkpoints,
+    volumeMetadataBytes: core.meta.residentBytes() + core.settled.byteLength + core.pool.residentBytes(),
+    snapshotMetadataBytes: snapshotBytes,
+  };
+}
+
+export function snapshotInfo(e: SnapshotEntry, blockSize: number): SnapshotInfo {
+  return {
+    id: e.id,
+    method: e.method,
+    state: e.state,
+    tag: e.tag,
+    createdAt: e.createdAt,
+    sizeBytes: e.blockCount * blockSize,
+    savedBlocks: e.map.size,
+    pins: e.pins,
+  };
+}
+
+export function checkRange(offset: number, length: number, limit: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw engineError('ENGINE_BAD_ARGUMENT', 'offset and length must be non-negative integers', { offset, length });
+  }
+  if (offset + length > limit) {
+    throw engineError('ENGINE_OUT_OF_RANGE', `range ${offset}+${length} exceeds ${limit} bytes`, {
+      offset,
+      length,
+      limit,
+    });
+  }
+}
+
+export function blockQuery(options: ExtentOptions, blockSize: number): { startBlock: number; maxExtents: number } {
+  const start = options.startingOffset ?? 0;
+  if (!Number.isSafeInteger(start) || start < 0) {
+    throw engineError('ENGINE_BAD_ARGUMENT', 'startingOffset must be a non-negative integer');
+  }
+  const max = options.maxResults ?? Number.POSITIVE_INFINITY;
+  if (max <= 0) throw engineError('ENGINE_BAD_ARGUMENT', 'maxResults must be positive');
+  return { startBlock: Math.floor(start / blockSize), maxExtents: max };
+}
+
+export function toBytes(extents: readonly BlockExtent[], blockSize: number): Extent[] {
+  return extents.map((e) => ({ offset: e.block * blockSize, length: e.count * blockSize }));
+}
