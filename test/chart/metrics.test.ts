@@ -27,17 +27,17 @@ interface RuleGroup {
   rules: Rule[];
 }
 
-/** The PrometheusRule's groups, rendered with and without a save pool quota (two branches of one rule). */
+/** The PrometheusRule's groups for one value of node.saveQuotaBytes (LoopsnapSavePoolFilling has two branches). */
+function ruleGroupsFor(saveQuotaBytes: number): RuleGroup[] {
+  const { objects } = render({ values: { node: { saveQuotaBytes }, metrics: { prometheusRule: { enabled: true } } } });
+  const [rule] = find(objects, 'PrometheusRule');
+  return (rule!.spec as { groups: RuleGroup[] }).groups;
+}
+
+const QUOTAS = [0, 1 << 30];
+
 function renderedRuleGroups(): RuleGroup[] {
-  const groups: RuleGroup[] = [];
-  for (const saveQuotaBytes of [0, 1 << 30]) {
-    const { objects } = render({
-      values: { node: { saveQuotaBytes }, metrics: { prometheusRule: { enabled: true } } },
-    });
-    const [rule] = find(objects, 'PrometheusRule');
-    groups.push(...(rule!.spec as { groups: RuleGroup[] }).groups);
-  }
-  return groups;
+  return QUOTAS.flatMap(ruleGroupsFor);
 }
 
 interface Panel {
@@ -111,16 +111,31 @@ describe('PromQL metric-name extraction (lib/promql.ts)', () => {
 });
 
 describe('alert rules', () => {
-  it.skipIf(!toolAvailable('promtool'))('pass promtool check rules (promtool built by hack/build-tools.sh)', () => {
+  it.skipIf(!toolAvailable('promtool')).each(QUOTAS)(
+    'pass promtool check rules --lint-fatal with node.saveQuotaBytes=%d (promtool built by hack/build-tools.sh)',
+    (quota) => {
+      const dir = mkdtempSync(join(tmpdir(), 'loopsnap-rules-'));
+      try {
+        const file = join(dir, 'rules.yaml');
+        writeFileSync(file, stringify({ groups: ruleGroupsFor(quota) }));
+        const r = runTool('promtool', ['check', 'rules', '--lint-fatal', file]);
+        expect(`${r.stdout}${r.stderr}`).toMatch(/SUCCESS: 9 rules found/);
+        expect(r.code, r.stderr).toBe(0);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
+
+  it.skipIf(!toolAvailable('promtool'))('promtool check rules fails a broken expression (the check is real)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'loopsnap-rules-'));
     try {
       const file = join(dir, 'rules.yaml');
-      const groups = renderedRuleGroups();
-      // Both quota branches rendered: keep group names unique for promtool.
-      writeFileSync(file, stringify({ groups: groups.map((g, i) => ({ ...g, name: `${g.name}-${i}` })) }));
+      const groups = ruleGroupsFor(0);
+      groups[0]!.rules[0]!.expr = 'sum(rate(loopsnap_csi_operations_total[5m]) by'; // unbalanced
+      writeFileSync(file, stringify({ groups }));
       const r = runTool('promtool', ['check', 'rules', file]);
-      expect(`${r.stdout}${r.stderr}`).toMatch(/SUCCESS: \d+ rules found/);
-      expect(r.code, r.stderr).toBe(0);
+      expect(r.code).not.toBe(0);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
