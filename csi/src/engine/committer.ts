@@ -21,6 +21,8 @@ import { encodeFrame, type JournalRecord } from './layout.js';
 
 interface Waiter {
   target: number;
+  /** Records that must follow every deferred record of the same frame (flush requests only). */
+  extra?: JournalRecord[];
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -104,12 +106,16 @@ export class Committer {
     });
   }
 
-  /** Makes every completed clone write and every record appended so far durable. */
-  flush(): Promise<void> {
+  /**
+   * Makes every completed clone write and every record appended so far durable. `then` records (which
+   * freeze MBM_P, e.g. snap-create) go into the same frame after the meta records; `now` skips the
+   * group-commit window (the caller holds the gate exclusively, so nothing else could join).
+   */
+  flush(options: { then?: JournalRecord[]; now?: boolean } = {}): Promise<void> {
     if (this.failure !== null) return Promise.reject(this.failedError());
     return new Promise<void>((resolve, reject) => {
-      this.flushWaiters.push({ target: this.appended, resolve, reject });
-      this.kick();
+      this.flushWaiters.push({ target: this.appended, resolve, reject, extra: options.then });
+      this.kick(options.now === true);
     });
   }
 
@@ -119,10 +125,10 @@ export class Committer {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  private kick(): void {
+  private kick(now = false): void {
     if (this.running || this.scheduled) return;
     this.scheduled = true;
-    this.deps.schedule(() => {
+    (now ? queueMicrotask : this.deps.schedule)(() => {
       this.scheduled = false;
       void this.run();
     });
@@ -148,13 +154,14 @@ export class Committer {
     // Splice before any fsync: records appended after this point wait for the next commit.
     const deferred = flushes.length > 0 ? this.deferred.splice(0) : [];
     const records = this.ordered.splice(0);
+    const extra = flushes.flatMap((f) => f.extra ?? []);
     const target = this.appended;
     const saveDirty = this.saveDirty;
     this.saveDirty = false;
     try {
       if (flushes.length > 0) await this.deps.clone.flush();
-      if (records.length > 0 || deferred.length > 0) {
-        const frame = encodeFrame(this.gen, this.seq, deferred.length > 0 ? records.concat(deferred) : records);
+      if (records.length > 0 || deferred.length > 0 || extra.length > 0) {
+        const frame = encodeFrame(this.gen, this.seq, records.concat(deferred, extra));
         // Save data and frame are synced in parallel; each cow record carries the checksum of its before-image
         // so replay drops an entry of the last frame whose data did not make it (recovery.ts). Frames never
         // overlap: the next commit starts only after both syncs of this one completed.
@@ -179,7 +186,7 @@ export class Committer {
     }
     this.waiters = still;
     for (const f of flushes) f.resolve();
-    if (records.length > 0 || deferred.length > 0) this.deps.onCommitted();
+    if (records.length > 0 || deferred.length > 0 || extra.length > 0) this.deps.onCommitted();
   }
 
   private fail(err: unknown): void {

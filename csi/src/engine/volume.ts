@@ -211,7 +211,6 @@ export class SnapshotVolume {
           limit: this.maxSnapshots,
         });
       }
-      await core.committer.flush();
       const entry: SnapshotEntry = {
         id: core.nextSnapId++,
         method,
@@ -223,16 +222,14 @@ export class SnapshotVolume {
         map: new BlockMap(core.alloc),
         pins: 0,
       };
-      core.committer.appendAfterMeta({
-        type: 'snap-create',
-        snapId: entry.id,
-        method,
-        createdAt: entry.createdAt,
-        tag,
-      });
       core.queue.append(entry);
       core.resetSettled();
-      await core.committer.barrier();
+      // One commit: fsync the clone (every write before the cut), then one frame holding the pending meta
+      // records followed by snap-create, so replay freezes exactly the MBM_P frozen here.
+      await core.committer.flush({
+        then: [{ type: 'snap-create', snapId: entry.id, method, createdAt: entry.createdAt, tag }],
+        now: true,
+      });
       return this.info(entry);
     });
   }
