@@ -8,12 +8,13 @@ import { readdir, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { CsiError } from '../errors.js';
 import type { VolumeCapability } from '../grpc/csi-types.js';
 import { run } from '../mount/exec.js';
-import type { FsType } from '../mount/filesystem.js';
+import { type FsType, probeFsType } from '../mount/filesystem.js';
 import { isMountPoint, mountsAt } from '../mount/mountinfo.js';
 import { unmount, unmountAndRemove } from '../mount/mounts.js';
 import { publishBlock, publishFilesystem, stageFilesystem, unpublish } from '../mount/stage.js';
 import type { PublishRecord, StageRecord, VolumeRecord } from '../state/records.js';
 import type { VolumeCondition } from './backend.js';
+import { deviceSizeBytes, growExt4Offline, growOnline } from './fs-grow.js';
 import { accessModeOf, accessTypeOf, capabilityProblem, isReadOnlyMode, resolveFsType } from './capabilities.js';
 import type { DriverContext } from './context.js';
 import { volumeKey } from './locks.js';
@@ -71,6 +72,11 @@ export class NodeService {
       const loop = await this.d.backend.attachVolume(cur.volumeId);
       try {
         if (accessType === 'mount') {
+          if (!readOnly && fsType === 'ext4' && (await probeFsType(loop.device)) === 'ext4') {
+            if (await growExt4Offline(loop.device)) {
+              this.d.log.info({ volumeId: cur.volumeId, device: loop.device }, 'Grew file system to the volume size');
+            }
+          }
           const { formatted } = await stageFilesystem({
             device: loop.device,
             stagingPath: input.stagingPath,
@@ -79,6 +85,7 @@ export class NodeService {
             readOnly,
           });
           if (formatted) this.d.log.info({ volumeId: cur.volumeId, device: loop.device, fsType }, 'Formatted volume');
+          else if (!readOnly && fsType === 'xfs') await growOnline('xfs', loop.device, input.stagingPath);
         }
       } catch (err) {
         await this.d.backend.detachVolume(cur.volumeId).catch((e: unknown) => {
@@ -224,7 +231,7 @@ export class NodeService {
       const s = cur.stage;
       if (!s) throw new CsiError('CSI_ERR_NOT_STAGED', `volume ${volumeId} is not staged`);
       await run('losetup', ['--set-capacity', s.device]);
-      const deviceBytes = Number((await run('blockdev', ['--getsize64', s.device])).stdout.trim());
+      const deviceBytes = await deviceSizeBytes(s.device);
       if (deviceBytes < cur.capacityBytes) {
         throw new CsiError(
           'CSI_ERR_IN_USE',
@@ -232,8 +239,8 @@ export class NodeService {
         );
       }
       if (kind === 'mount' && !s.readOnly) {
-        if (s.fsType === 'xfs') await run('xfs_growfs', [s.stagingPath], { timeoutMs: 600_000 });
-        else await run('resize2fs', [s.device], { timeoutMs: 600_000 });
+        // Usually a no-op: stage already grew the file system (ext4 offline, xfs after mounting).
+        await growOnline(s.fsType, s.device, s.stagingPath);
       }
       this.d.log.info({ volumeId, device: s.device, sizeBytes: deviceBytes }, 'Expanded volume on the node');
       return { capacityBytes: deviceBytes };
