@@ -2,6 +2,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DT_REG, Errno, IN_HEADER_BYTES, Opcode, OUT_HEADER_BYTES } from './fuse-abi.js';
+import { type FuseRequest, parseRequest } from './fuse-codec.js';
 import {
   encodeAttrOut,
   encodeDirents,
@@ -9,9 +10,7 @@ import {
   encodeInitOut,
   encodeNotifyInvalEntry,
   encodeOutHeader,
-  type FuseRequest,
-  parseRequest,
-} from './fuse-codec.js';
+} from './fuse-reply.js';
 import { frame, frames } from './fuse-frames.testing.js';
 
 const MAX_WRITE = 1 << 20;

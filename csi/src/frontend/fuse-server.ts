@@ -4,20 +4,19 @@
 // (`live`) or by a handler on this thread (`remote`). See view-protocol.ts for the shared-memory contract.
 //
 // Threading: workers serve every request they can alone (pass-through and the live fast path); the rest
-// are handed off here (WorkerRequest); this thread runs them and writes their replies to /dev/fuse. It must never
-// block on I/O that goes through the mount (see mount/exec.ts): it would deadlock against its own workers.
-import { closeSync, existsSync, constants as fsConstants, openSync, statSync, writeSync } from 'node:fs';
+// are handed off here (WorkerRequest, handoff.ts); this thread runs them and writes their replies to /dev/fuse.
+// It must never block on I/O that goes through the mount (see mount/exec.ts): it would deadlock against its
+// own workers.
+import { closeSync, constants as fsConstants, openSync, statSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../../../common/src/log.js';
 import { MountError } from '../mount/errors.js';
-import { Errno, FUSE_MAX_IO_BYTES, FUSE_ROOT_ID, OUT_HEADER_BYTES, WRITE_OUT_BYTES } from './fuse-abi.js';
+import { Errno, FUSE_MAX_IO_BYTES, FUSE_ROOT_ID } from './fuse-abi.js';
 import { DatapathMetrics } from './datapath-metrics.js';
-import { encodeNotifyInvalEntry, encodeOutHeader, encodeWriteOut } from './fuse-codec.js';
+import { encodeNotifyInvalEntry } from './fuse-reply.js';
 import {
   abortFuseConnection,
   closeFuseDevice,
@@ -26,9 +25,8 @@ import {
   openFuseDevice,
   unmountFuse,
 } from './fuse-mount.js';
-import { DIRECT_PROBE_SPAN_BYTES, errnoOf } from './fuse-session.js';
+import { DIRECT_PROBE_SPAN_BYTES, errnoOf } from './worker-io.js';
 import {
-  COUNTER_SLOTS,
   CTL_BUSY,
   CTL_GATE,
   CTL_OPENS,
@@ -40,29 +38,11 @@ import {
   type ViewDescriptor,
   type WorkerRequest,
   type WorkerControl,
-  type WorkerInit,
-  type WorkerMessage,
 } from './view-protocol.js';
 
-/** Main-thread side of a `live` view: the engine work the fast path cannot do alone. */
-export interface LiveViewHandler {
-  /** A production read while the engine routes reads to itself (e.g. during an online restore). */
-  read(offset: number, dst: Uint8Array): Promise<void>;
-  /** A production write the fast path could not do alone (some block needs engine work). */
-  write(offset: number, src: Uint8Array): Promise<void>;
-  /** Makes [offset, offset+length) read as zeros (meta bit map granules cleared, partial blocks zeroed). */
-  discard(offset: number, length: number): Promise<void>;
-  /** Durability barrier for engine metadata (the worker has already fdatasync'd the clone file). */
-  flush(): Promise<void>;
-}
-
-/** Main-thread side of a `remote` view: every data operation. */
-export interface RemoteViewHandler {
-  read(offset: number, dst: Uint8Array): Promise<number>;
-  write(offset: number, src: Uint8Array): Promise<void>;
-  discard(offset: number, length: number): Promise<void>;
-  flush(): Promise<void>;
-}
+export type { LiveViewHandler, RemoteViewHandler } from './handoff.js';
+import { type LiveViewHandler, type RemoteViewHandler, replyHandoff, runHandoff } from './handoff.js';
+import { WorkerPool } from './worker-pool.js';
 
 export type ViewSpec =
   | { readonly kind: 'file'; readonly name: string; readonly path: string; readonly readOnly: boolean }
@@ -105,14 +85,6 @@ export interface FuseServerOptions {
   readonly initTimeoutMs?: number;
 }
 
-interface WorkerSlot {
-  readonly index: number;
-  worker: Worker;
-  port: MessagePort;
-  readonly init: WorkerInit;
-  exited: boolean;
-}
-
 interface ExposedView {
   readonly d: ViewDescriptor;
   readonly ctl: Int32Array;
@@ -123,26 +95,16 @@ interface ExposedView {
 
 const VIEW_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,199}$/;
 
-export function workerScriptPath(): string {
-  const here = fileURLToPath(import.meta.url);
-  // Under vitest this module runs from TypeScript source; workers always load the compiled JS.
-  const dir = here.endsWith('.ts') ? join(dirname(here), '../../../dist/csi/src/frontend') : dirname(here);
-  return join(dir, 'fuse-worker.js');
-}
+export { workerScriptPath } from './worker-pool.js';
 
 export class FuseServer {
-  private readonly slots: WorkerSlot[] = [];
+  private pool: WorkerPool | undefined;
   private readonly views = new Map<string, ExposedView>();
   private readonly byNode = new Map<number, ExposedView>();
   private nextNodeId = FUSE_ROOT_ID + 1;
   private stopping = false;
   private stopped = false;
-  private readonly exitWaiters: Array<() => void> = [];
-  private initWaiter: ((ok: boolean) => void) | undefined;
-  private initialized = false;
   private dioProbePath: string | null = null;
-  /** Per worker slot, kept across worker restarts so counters stay monotonic. */
-  private readonly counters: Float64Array[] = [];
   private readonly metrics: DatapathMetrics | undefined;
 
   private constructor(
@@ -152,7 +114,7 @@ export class FuseServer {
   ) {
     this.metrics = opts.registry
       ? new DatapathMetrics(opts.registry, {
-          workerCounters: () => this.counters,
+          workerCounters: () => this.pool?.counters ?? [],
           handoffsInFlight: () => [...this.byNode.values()].reduce((n, v) => n + v.pending.count, 0),
           views: () => this.views.size,
         })
@@ -162,10 +124,6 @@ export class FuseServer {
   /** Mounts a new FUSE file system on `mountpoint` and starts its workers. Needs root. */
   static async start(opts: FuseServerOptions): Promise<FuseServer> {
     if (process.getuid?.() !== 0) throw new MountError('DP_ERR_NOT_ROOT', 'the FUSE server must run as root');
-    const script = workerScriptPath();
-    if (!existsSync(script)) {
-      throw new MountError('DP_ERR_WORKER', `worker script ${script} is missing; run npm run build`);
-    }
     await mkdir(opts.mountpoint, { recursive: true });
     const fd = openFuseDevice();
     const server = new FuseServer(opts, fd, opts.log.child({ mountpoint: opts.mountpoint }));
@@ -181,14 +139,24 @@ export class FuseServer {
     }
     try {
       if (opts.directIo === true) server.dioProbePath = await writeDioProbe(dirname(opts.mountpoint));
-      const n = Math.max(1, opts.workers ?? 4);
-      for (let i = 0; i < n; i++) server.spawnWorker(i, script);
-      await server.waitInit(opts.initTimeoutMs ?? 10_000);
+      const pool = new WorkerPool({
+        fuseFd: fd,
+        log: server.log,
+        entryValidSec: opts.entryValidSec ?? 1,
+        attrValidSec: opts.attrValidSec ?? 3600,
+        parallelDirectWrites: opts.parallelDirectWrites ?? true,
+        dioProbePath: server.dioProbePath,
+        views: () => [...server.views.values()].map((v) => v.d),
+        onRequest: (m) => void server.answer(m),
+      });
+      server.pool = pool;
+      pool.start(Math.max(1, opts.workers ?? 4));
+      await pool.waitInit(opts.initTimeoutMs ?? 10_000);
     } catch (err) {
       await server.stop({ force: true }).catch(() => undefined);
       throw err;
     }
-    server.log.info({ workers: server.slots.length }, 'Started FUSE server');
+    server.log.info({ workers: server.pool?.size }, 'Started FUSE server');
     return server;
   }
 
@@ -245,7 +213,7 @@ export class FuseServer {
     const v: ExposedView = { d, ctl, spec, pending: { count: 0 } };
     this.views.set(spec.name, v);
     this.byNode.set(d.nodeId, v);
-    for (const s of this.slots) s.port.postMessage({ t: 'add', view: d } satisfies WorkerControl);
+    this.pool?.broadcast({ t: 'add', view: d } satisfies WorkerControl);
     this.log.info({ view: spec.name, kind: spec.kind, sizeBytes }, 'Exposed view');
     return this.pathOf(spec.name);
   }
@@ -263,7 +231,7 @@ export class FuseServer {
     const nv: ExposedView = { d, ctl: v.ctl, spec: v.spec, pending: v.pending };
     this.views.set(name, nv);
     this.byNode.set(d.nodeId, nv);
-    for (const s of this.slots) s.port.postMessage({ t: 'update', view: d } satisfies WorkerControl);
+    this.pool?.broadcast({ t: 'update', view: d } satisfies WorkerControl);
   }
 
   /** Open handles on a view (a loop device attached to it holds one). */
@@ -324,13 +292,14 @@ export class FuseServer {
       throw new MountError('DP_ERR_VIEW_BUSY', `views still open: ${busy.join(', ')}`);
     }
     this.stopping = true;
+    this.pool?.stopRestarting();
     const connection = await fuseConnectionId(this.opts.mountpoint);
     await unmountFuse(this.opts.mountpoint, { lazy: opts.force === true });
-    if (!(await this.waitWorkersExit(5000)) && connection !== undefined) {
+    if (this.pool && !(await this.pool.waitExit(5000)) && connection !== undefined) {
       await abortFuseConnection(connection);
-      await this.waitWorkersExit(5000);
+      await this.pool.waitExit(5000);
     }
-    for (const s of this.slots) if (!s.exited) await s.worker.terminate();
+    await this.pool?.terminate();
     // Handed-off requests still running (their replies now fail harmlessly) must not see a closed fd reused.
     for (let i = 0; i < 10_000 && [...this.byNode.values()].some((v) => v.pending.count > 0); i++) {
       await new Promise((r) => setTimeout(r, 1));
@@ -347,161 +316,30 @@ export class FuseServer {
     this.log.info('Stopped FUSE server');
   }
 
-  // ----- workers ------------------------------------------------------------------------------------------
-
-  private spawnWorker(index: number, script: string): void {
-    const channel = new MessageChannel();
-    this.counters[index] ??= new Float64Array(new SharedArrayBuffer(COUNTER_SLOTS * 8));
-    const init: WorkerInit = {
-      index,
-      fuseFd: this.fuseFd,
-      counters: (this.counters[index] as Float64Array).buffer as SharedArrayBuffer,
-      maxWrite: FUSE_MAX_IO_BYTES,
-      views: [...this.views.values()].map((v) => v.d),
-      entryValidSec: this.opts.entryValidSec ?? 1,
-      attrValidSec: this.opts.attrValidSec ?? 3600,
-      parallelDirectWrites: this.opts.parallelDirectWrites ?? true,
-      dioProbePath: this.dioProbePath,
-    };
-    const worker = new Worker(script, {
-      workerData: { ...init, port: channel.port2 },
-      transferList: [channel.port2],
-      name: `fuse-worker-${index}`,
-    });
-    const slot: WorkerSlot = {
-      index,
-      worker,
-      port: channel.port1,
-      init,
-      exited: false,
-    };
-    this.slots[index] = slot;
-    worker.on('message', (m: WorkerMessage) => this.onWorkerMessage(m));
-    worker.on('error', (err) => this.log.error({ err, worker: index }, 'Data-path worker failed'));
-    worker.on('exit', (code) => {
-      slot.exited = true;
-      channel.port1.close();
-      for (const w of this.exitWaiters.splice(0)) w();
-      if (!this.stopping) {
-        this.log.error({ worker: index, code }, 'Data-path worker exited unexpectedly; restarting it');
-        this.spawnWorker(index, script);
-      }
-    });
-  }
-
-  private onWorkerMessage(m: WorkerMessage): void {
-    switch (m.t) {
-      case 'ready':
-        return;
-      case 'init':
-        if (!this.initialized) {
-          this.initialized = true;
-          this.log.info({ minor: m.minor, flags: m.flags, maxWrite: m.maxWrite }, 'Completed FUSE handshake');
-          this.initWaiter?.(true);
-        }
-        return;
-      case 'exit':
-        this.log.debug({ worker: m.worker, reason: m.reason }, 'Data-path worker stopped serving');
-        return;
-      case 'log':
-        this.log[m.level]({ worker: m.worker, ...m.fields }, m.msg);
-        return;
-      default:
-        void this.answer(m);
-    }
-  }
+  // ----- hand-off ---------------------------------------------------------------------------------------
 
   /** Runs a handed-off request and writes its reply to the kernel. Never throws. */
   private async answer(m: WorkerRequest): Promise<void> {
     const v = this.byNode.get(m.nodeId);
-    if (!v) return this.reply(m, Errno.ENOENT);
+    if (!v || v.spec.kind === 'file') {
+      replyHandoff(this.fuseFd, m, v ? Errno.EOPNOTSUPP : Errno.ENOENT);
+      return;
+    }
     v.pending.count++;
     try {
-      const body = await this.execute(v.spec, m);
-      this.reply(m, 0, body);
+      const body = await runHandoff(v.spec, m);
+      if (!replyHandoff(this.fuseFd, m, 0, body) && !this.stopped)
+        this.log.warn({ view: v.d.name }, 'Failed to write FUSE reply');
     } catch (err) {
       this.metrics?.handoffErrors.inc({ op: m.t });
       this.log.warn(
         { err, request: m.t, view: v.d.name, offset: 'offset' in m ? m.offset : undefined },
         'Failed data-path request',
       );
-      this.reply(m, errnoOf(err));
+      replyHandoff(this.fuseFd, m, errnoOf(err));
     } finally {
       v.pending.count--;
     }
-  }
-
-  /** The reply body (header space included) for reads and writes; undefined for an empty body. */
-  private async execute(spec: ViewSpec, m: WorkerRequest): Promise<Uint8Array | undefined> {
-    if (spec.kind === 'file')
-      throw Object.assign(new Error('file views hand nothing off'), { errno: Errno.EOPNOTSUPP });
-    switch (m.t) {
-      case 'read': {
-        const out = Buffer.allocUnsafe(OUT_HEADER_BYTES + m.length);
-        const dst = out.subarray(OUT_HEADER_BYTES);
-        if (spec.kind === 'live') {
-          await spec.handler.read(m.offset, dst);
-          return out;
-        }
-        const n = await spec.handler.read(m.offset, dst);
-        return out.subarray(0, OUT_HEADER_BYTES + Math.min(n, m.length));
-      }
-      case 'write': {
-        await spec.handler.write(m.offset, m.data);
-        const out = Buffer.alloc(OUT_HEADER_BYTES + WRITE_OUT_BYTES);
-        encodeWriteOut(new DataView(out.buffer, out.byteOffset, out.byteLength), OUT_HEADER_BYTES, m.data.length);
-        return out;
-      }
-      case 'discard':
-        await spec.handler.discard(m.offset, m.length);
-        return undefined;
-      case 'flush':
-        await spec.handler.flush();
-        return undefined;
-    }
-  }
-
-  /** Writes a reply for a handed-off request. ENOENT from the device means it was interrupted: ignored. */
-  private reply(m: WorkerRequest, errno: number, body?: Uint8Array): void {
-    const buf = errno === 0 && body ? body : Buffer.alloc(OUT_HEADER_BYTES);
-    const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    encodeOutHeader(dv, buf.byteLength, errno, m.uniqueLo, m.uniqueHi);
-    try {
-      writeSync(this.fuseFd, buf, 0, buf.byteLength);
-    } catch (err) {
-      if (errnoOf(err) !== Errno.ENOENT && !this.stopped) this.log.warn({ err }, 'Failed to write FUSE reply');
-    }
-  }
-
-  private waitInit(timeoutMs: number): Promise<void> {
-    if (this.initialized) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.initWaiter = undefined;
-        reject(new MountError('DP_ERR_FUSE_INIT', `no FUSE INIT within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.initWaiter = () => {
-        clearTimeout(timer);
-        this.initWaiter = undefined;
-        resolve();
-      };
-    });
-  }
-
-  private async waitWorkersExit(timeoutMs: number): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.slots.some((s) => !s.exited)) {
-      const left = deadline - Date.now();
-      if (left <= 0) return false;
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.exitWaiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-    return true;
   }
 
   private invalidateEntry(name: string): void {

@@ -3,7 +3,8 @@
 // files, replies with blocking writes. Loaded from compiled JS (dist/) by fuse-server.ts.
 import { closeSync, fdatasyncSync, constants as fsConstants, openSync, readSync, writeSync } from 'node:fs';
 import { type MessagePort, parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
-import { errnoOf, FuseSession, probeDirectPosition } from './fuse-session.js';
+import { FuseSession } from './fuse-session.js';
+import { errnoOf, probeDirectPosition } from './worker-io.js';
 import { FUSE_MAX_IO_BYTES, FUSE_REQUEST_HEADROOM_BYTES, WRITE_PAYLOAD_OFFSET } from './fuse-abi.js';
 import { type WorkerControl, type WorkerInit, type WorkerMessage } from './view-protocol.js';
 
