@@ -124,7 +124,13 @@ export class NodePlugin {
       errText = (errText + d).slice(-4000);
     });
     const deadline = Date.now() + 60_000;
-    while (!p.lines.some((l) => l.msg === 'Started node plugin')) {
+    // Serving once Probe answers ready on the unix socket (whatever the log level).
+    const probe = () =>
+      csiCall<{ ready?: { value?: boolean } }>(p.clients.identity, 'Probe').then(
+        (r) => r.ready?.value !== false,
+        () => false,
+      );
+    while (!(await probe())) {
       if (p.exited || Date.now() > deadline) {
         await p.kill9();
         throw new Error(
