@@ -29,24 +29,31 @@ export class MemoryBackend implements VolumeBackend {
   readonly blockSizeBytes = 4096;
   readonly volumes = new Map<string, Stored>();
   private readonly faults = new Set<string>();
-  private readonly holds = new Map<string, Promise<void>>();
+  private readonly holds = new Map<string, { gate: Promise<void>; arrive: () => void }>();
 
   failNext(method: keyof VolumeBackend): void {
     this.faults.add(method);
   }
 
-  /** The next call of `method` waits until the returned function is called (an operation in flight). */
-  holdNext(method: keyof VolumeBackend): () => void {
+  /**
+   * The next call of `method` waits until `release()` (an operation in flight); `reached` resolves once a
+   * call is waiting there.
+   */
+  holdNext(method: keyof VolumeBackend): { release: () => void; reached: Promise<void> } {
     let release!: () => void;
-    this.holds.set(method, new Promise<void>((r) => (release = r)));
-    return release;
+    let arrive!: () => void;
+    const reached = new Promise<void>((r) => (arrive = r));
+    const gate = new Promise<void>((r) => (release = r));
+    this.holds.set(method, { gate, arrive });
+    return { release, reached };
   }
 
   private async fault(method: string): Promise<void> {
     const hold = this.holds.get(method);
     if (hold) {
       this.holds.delete(method);
-      await hold;
+      hold.arrive();
+      await hold.gate;
     }
     if (this.faults.delete(method)) throw new Error(`injected failure in ${method}`);
   }

@@ -438,9 +438,9 @@ describe('driver services', () => {
   it('6-11 operations on a volume in flight make others on it ABORTED, never queued; others proceed', async () => {
     const a = await volumes.create(input('a'));
     const b = await volumes.create(input('b'));
-    const release = backend.holdNext('createSnapshot');
+    const { release, reached } = backend.holdNext('createSnapshot');
     const slow = snapshots.create({ name: 'slow', sourceVolumeId: a.volumeId, parameters: {} });
-    await new Promise((r) => setImmediate(r));
+    await reached;
     await rejectsWith(
       snapshots.create({ name: 'other', sourceVolumeId: a.volumeId, parameters: {} }),
       'ABORTED',
