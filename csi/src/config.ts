@@ -25,6 +25,7 @@ export interface Config {
   readonly maxVolumeSizeBytes: number;
   readonly saveQuotaBytes: number;
   readonly fuseWorkers: number;
+  readonly datapathDirectIo: boolean;
   readonly kubeconfig: string;
   readonly inCluster: boolean;
   readonly advertiseEndpoint: string;
@@ -130,6 +131,12 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     help: 'save pool quota per volume, bytes; 0 = grow until the disk is full',
   },
   'fuse-workers': { key: 'fuseWorkers', kind: 'int', def: 2, help: 'data-path worker threads' },
+  'datapath-direct-io': {
+    key: 'datapathDirectIo',
+    kind: 'bool',
+    def: false,
+    help: "O_DIRECT for the data path's fast-path I/O on clone files (see ADR 0003)",
+  },
   kubeconfig: {
     key: 'kubeconfig',
     kind: 'string',

@@ -72,6 +72,8 @@ async function start(config: Config, log: Logger): Promise<Running> {
       granuleBlocks: config.granuleBlocks,
       workers: config.fuseWorkers,
       saveQuotaBytes: config.saveQuotaBytes === 0 ? null : config.saveQuotaBytes,
+      registry,
+      directIo: config.datapathDirectIo,
     },
     state.volumes().map((v) => v.volumeId),
   );

@@ -71,6 +71,8 @@ describe('logs and metrics of the node plugin (root: the plugin mounts FUSE)', (
     expect(Number(used?.[1])).toBeGreaterThanOrEqual(64 * 1024);
     expect(text).toMatch(new RegExp(`^loopsnap_volume_snapshots\\{volume_id="${vol}"\\} 1$`, 'm'));
     expect(Number(/^loopsnap_cow_copies_total (\d+)$/m.exec(text)?.[1])).toBeGreaterThanOrEqual(16);
+    // The data path's own metrics are on the same registry.
+    expect(text).toMatch(/^loopsnap_datapath_data_requests_total\{path="(fast|handoff)",op="write"\} [1-9]/m);
     await unpublishAndUnstage(p, v);
     await call(p.clients.controller, 'DeleteSnapshot', { snapshot_id: snap.snapshot_id });
     await call(p.clients.controller, 'DeleteVolume', { volume_id: vol });

@@ -9,6 +9,7 @@
 // attached view is never closed or deleted (deleteVolume refuses).
 import { statfs } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Registry } from 'prom-client';
 import type { Logger } from '../../../common/src/log.js';
 import type { SnapshotInfo, SnapshotVolume } from '../engine/volume.js';
 import { Datapath, type LiveVolumePort } from '../frontend/datapath.js';
@@ -40,6 +41,10 @@ export interface EngineBackendOptions {
   readonly workers: number;
   /** Save-pool quota per volume in bytes (null: grow until the disk is full). */
   readonly saveQuotaBytes: number | null;
+  /** Registry for the data path's own metrics. */
+  readonly registry?: Registry;
+  /** O_DIRECT for the data path's fast-path I/O on clone files (ADR 0003). */
+  readonly directIo?: boolean;
 }
 
 export class EngineBackend implements VolumeBackend {
@@ -65,7 +70,13 @@ export class EngineBackend implements VolumeBackend {
    */
   static async start(opts: EngineBackendOptions, volumeIds: readonly string[]): Promise<EngineBackend> {
     const log = opts.log.child({ component: 'backend' });
-    const datapath = await Datapath.start({ stateDir: opts.stateDir, log: opts.log, workers: opts.workers });
+    const datapath = await Datapath.start({
+      stateDir: opts.stateDir,
+      log: opts.log,
+      workers: opts.workers,
+      ...(opts.registry === undefined ? {} : { registry: opts.registry }),
+      ...(opts.directIo === undefined ? {} : { directIo: opts.directIo }),
+    });
     const backend = new EngineBackend(opts, new VolumeStore(opts.stateDir), datapath, log);
     try {
       const leftovers = backend.store.recover();
