@@ -43,16 +43,16 @@ function script(cmd: 'up' | 'down' | 'purge'): string {
     .trim();
 }
 
-export function usePrivateCluster(): PrivateCluster {
-  const state: { kubeconfigPath?: string; kc?: KubeConfig } = {};
-  const must = <T>(v: T | undefined): T => {
-    if (v === undefined) throw new Error('private cluster not started: use it inside tests or hooks');
-    return v;
-  };
+export interface RunningPrivateCluster extends PrivateCluster {
+  /** Stops the control plane and deletes its directory. */
+  stop(): void;
+}
+
+function kubectlRunner(kubeconfig: () => string): Pick<PrivateCluster, 'kubectl' | 'tryKubectl'> {
   const kubectlPath = toolBin('kubectl');
   const tryKubectl = (args: readonly string[], input?: string) => {
     try {
-      const stdout = execFileSync(kubectlPath, ['--kubeconfig', must(state.kubeconfigPath), ...args], {
+      const stdout = execFileSync(kubectlPath, ['--kubeconfig', kubeconfig(), ...args], {
         input,
         stdio: ['pipe', 'pipe', 'pipe'],
         timeout: 180_000,
@@ -64,13 +64,7 @@ export function usePrivateCluster(): PrivateCluster {
       return { code: e.status ?? 1, stdout: e.stdout?.toString() ?? '', stderr: e.stderr?.toString() ?? e.message };
     }
   };
-  const handle: PrivateCluster = {
-    get kubeconfigPath() {
-      return must(state.kubeconfigPath);
-    },
-    get kc() {
-      return must(state.kc);
-    },
+  return {
     tryKubectl,
     kubectl(args, input) {
       const r = tryKubectl(args, input);
@@ -78,18 +72,49 @@ export function usePrivateCluster(): PrivateCluster {
       return r.stdout;
     },
   };
+}
+
+/** kubectl helpers for any kubeconfig (an external cluster in e2e's cluster mode). */
+export function clusterFromKubeconfig(kubeconfigPath: string): PrivateCluster {
+  const kc = new KubeConfig();
+  kc.loadFromFile(kubeconfigPath);
+  return { kubeconfigPath, kc, ...kubectlRunner(() => kubeconfigPath) };
+}
+
+/** Starts a fresh private control plane (a crashed earlier run's leftovers are purged first). */
+export function startPrivateCluster(): RunningPrivateCluster {
+  script('purge');
+  const kubeconfig = script('up').split('\n').pop() ?? '';
+  return {
+    ...clusterFromKubeconfig(kubeconfig),
+    stop() {
+      script('purge');
+      rmSync(env().LOOPSNAP_CLUSTER_DIR ?? '', { recursive: true, force: true });
+    },
+  };
+}
+
+/** A private control plane for the test file: started before its tests, purged after them. */
+export function usePrivateCluster(): PrivateCluster {
+  let running: RunningPrivateCluster | undefined;
+  const must = (): RunningPrivateCluster => {
+    if (!running) throw new Error('private cluster not started: use it inside tests or hooks');
+    return running;
+  };
   beforeAll(() => {
-    // A crashed earlier run may have left this cluster running: start from nothing.
-    script('purge');
-    const kubeconfig = script('up').split('\n').pop() ?? '';
-    state.kubeconfigPath = kubeconfig;
-    const kc = new KubeConfig();
-    kc.loadFromFile(kubeconfig);
-    state.kc = kc;
+    running = startPrivateCluster();
   }, 600_000);
   afterAll(() => {
-    script('purge');
-    rmSync(env().LOOPSNAP_CLUSTER_DIR ?? '', { recursive: true, force: true });
+    running?.stop();
   }, 120_000);
-  return handle;
+  return {
+    get kubeconfigPath() {
+      return must().kubeconfigPath;
+    },
+    get kc() {
+      return must().kc;
+    },
+    tryKubectl: (args, input) => must().tryKubectl(args, input),
+    kubectl: (args, input) => must().kubectl(args, input),
+  };
 }
