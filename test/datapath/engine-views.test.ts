@@ -260,10 +260,10 @@ describe('data path: engine views through FUSE and loop devices', () => {
       // cut through the engine.
       const metrics = await host.call<string>('metrics');
       expect(metricValue(metrics, 'loopsnap_datapath_data_requests_total{path="fast",op="write"}')).toBeGreaterThan(
-        1000,
+        100,
       );
       expect(metricValue(metrics, 'loopsnap_datapath_data_requests_total{path="handoff",op="write"}')).toBeGreaterThan(
-        1000,
+        100,
       );
       expect(metricValue(metrics, 'loopsnap_datapath_handoff_errors_total')).toBe(0);
     } finally {
