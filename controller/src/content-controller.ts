@@ -72,6 +72,16 @@ export class ContentController {
       const name = vs.status?.boundVolumeSnapshotContentName ?? vs.spec.source.volumeSnapshotContentName;
       if (name) this.loop.enqueue(name);
     });
+    // A volume going away (a restored or cloned volume deleted) may unpin snapshots the plugin refused to
+    // delete: retry deleting contents at once instead of waiting out their backoff.
+    d.caches.pvs.onChange((_pv, type) => {
+      if (type !== 'delete') return;
+      for (const c of d.caches.contents.list()) {
+        if (!c.metadata.deletionTimestamp) continue;
+        this.gate.release(c.metadata.name);
+        this.loop.enqueue(c.metadata.name);
+      }
+    });
   }
 
   enqueueAll(): void {

@@ -4,6 +4,7 @@
 // kubelet stand-in writing and reading checksummed data through NodeStage/NodePublish.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { csiCall as call, isRoot } from '../support/node-plugin.js';
@@ -362,6 +363,36 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
     expect(sha256(await readAt(after.targetPath, 32 * 1024 * 1024, data.length))).toBe(sha256(data));
     expect(((await pvc('grow'))?.status?.capacity as { storage?: string })?.storage).toBe('128Mi');
     await env.kubelet.unmount(ns, 'grow');
+  });
+
+  it('1-9b - expansion of a Filesystem volume: the PV grows, the file system grows on the node, files stay', async () => {
+    applyYaml(pvcYaml('growfs'));
+    await bound('growfs');
+    const m = await env.kubelet.mount(ns, 'growfs');
+    const sums = await writeFiles(m.targetPath, [64_000, 9000]);
+    await env.kubelet.unmount(ns, 'growfs');
+    env.kubectl([
+      'patch',
+      'pvc',
+      'growfs',
+      '--type=merge',
+      '-p',
+      '{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}',
+    ]);
+    const pvName = (await pvc('growfs'))?.spec.volumeName as string;
+    await waitFor(
+      'PV capacity 128Mi',
+      async () =>
+        ((await get(`/api/v1/persistentvolumes/${pvName}`))?.spec.capacity as { storage?: string })?.storage ===
+        '128Mi',
+    );
+    await env.kubelet.finishExpansion(ns, 'growfs');
+    const after = await env.kubelet.mount(ns, 'growfs');
+    const st = await statfs(after.targetPath);
+    expect(st.blocks * st.bsize).toBeGreaterThan(100 * 1024 * 1024);
+    expect(await checksumFiles(after.targetPath, Object.keys(sums))).toEqual(sums);
+    expect(((await pvc('growfs'))?.status?.capacity as { storage?: string })?.storage).toBe('128Mi');
+    await env.kubelet.unmount(ns, 'growfs');
   });
 
   it('1-10 - CSIStorageCapacity per node and class; upstream and loopsnap metrics on /metrics', async () => {
