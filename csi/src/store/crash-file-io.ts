@@ -52,6 +52,11 @@ class CrashFile implements RandomAccessFile {
 
   read(position: number, into: Uint8Array): number {
     this.ctl.alive();
+    return this.peek(position, into);
+  }
+
+  /** Reads the page-cache view (disk overlaid with unsynced ops), also after the crash. */
+  peek(position: number, into: Uint8Array): number {
     into.fill(0);
     const realSize = this.real.size();
     this.real.read(position, into);
@@ -131,6 +136,10 @@ class CrashFile implements RandomAccessFile {
     for (const op of ops) if (op.kind === 'truncate' && random() < 0.5) this.real.truncate(op.size);
   }
 
+  writeRaw(position: number, data: Uint8Array): void {
+    this.real.write(position, data);
+  }
+
   apply(op: PendingOp, keepBytes?: number): void {
     if (op.kind === 'truncate') this.real.truncate(op.size);
     else this.real.write(op.position, keepBytes === undefined ? op.data : op.data.subarray(0, keepBytes));
@@ -196,6 +205,25 @@ export class CrashController {
   /** Decides what survived the crash and writes exactly that to the real files. */
   settle(mode: CrashMode): void {
     const cut = this.interrupted;
+    // A torn write reaches the disk as whole sectors of the page cache: where it starts or ends inside a
+    // sector, the rest of that sector holds the cached bytes (earlier unsynced writes included), not the
+    // bytes on disk. Capture those sectors before the unsynced state is dropped.
+    const torn = new Map<CrashFile, [number, Uint8Array][]>();
+    if (cut !== null && mode === 'tear') {
+      const keep = sectorSplit(cut.position, cut.data.length, 0.5);
+      const first = Math.floor(cut.position / SECTOR);
+      const last = Math.floor((cut.position + keep - 1) / SECTOR);
+      const sectors: [number, Uint8Array][] = [];
+      for (let sct = first; keep > 0 && sct <= last; sct++) {
+        const buf = new Uint8Array(SECTOR);
+        const n = cut.file.peek(sct * SECTOR, buf);
+        const from = Math.max(sct * SECTOR, cut.position);
+        const to = Math.min((sct + 1) * SECTOR, cut.position + keep);
+        buf.set(cut.data.subarray(from - cut.position, to - cut.position), from - sct * SECTOR);
+        sectors.push([sct * SECTOR, buf.subarray(0, Math.max(n, to - sct * SECTOR))]);
+      }
+      torn.set(cut.file, sectors);
+    }
     for (const f of this.files) {
       if (mode === 'subset') {
         const ops = cut !== null && cut.file === f ? [...f.pending, { kind: 'write' as const, ...cut }] : f.pending;
@@ -207,6 +235,7 @@ export class CrashController {
       const keep = sectorSplit(cut.position, cut.data.length, 0.5);
       cut.file.apply({ kind: 'write', position: cut.position, data: cut.data }, keep);
     }
+    for (const [file, sectors] of torn) for (const [pos, bytes] of sectors) file.writeRaw(pos, bytes);
   }
 }
 

@@ -226,6 +226,9 @@ async function crashIteration(root: string, seed: number, mode: CrashMode): Prom
   return midRun;
 }
 
+// LOOPSNAP_CRASH_SEED=<seed> with LOOPSNAP_CRASH_MODE=<mode> replays one iteration.
+const ONE_SEED = process.env.LOOPSNAP_CRASH_SEED;
+
 describe('crash safety on file-backed volumes', () => {
   const root = mkdtempSync(join(tmpdir(), 'loopsnap-crash-'));
   afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -235,8 +238,12 @@ describe('crash safety on file-backed volumes', () => {
     async (mode) => {
       let midRun = 0;
       const base = MODES.indexOf(mode) * 1_000_000 + 17;
-      for (let i = 0; i < ITERATIONS / 3; i++) {
-        const seed = base + i;
+      const seeds = ONE_SEED
+        ? mode === (process.env.LOOPSNAP_CRASH_MODE ?? mode)
+          ? [Number(ONE_SEED)]
+          : []
+        : Array.from({ length: ITERATIONS / 3 }, (_, i) => base + i);
+      for (const seed of seeds) {
         try {
           if (await crashIteration(root, seed, mode)) midRun++;
         } catch (err) {
@@ -246,7 +253,7 @@ describe('crash safety on file-backed volumes', () => {
         }
       }
       // Most crashes must hit the middle of the run, not the forced cut after the last operation.
-      expect(midRun).toBeGreaterThan(ITERATIONS / 3 / 2);
+      if (!ONE_SEED) expect(midRun).toBeGreaterThan(ITERATIONS / 3 / 2);
     },
     600_000,
   );

@@ -10,7 +10,7 @@
 
 import { join } from 'node:path';
 import { engineError } from '../engine/errors.js';
-import { peekCheckpoint } from '../engine/layout.js';
+import { peekCheckpoint } from '../engine/checkpoint-codec.js';
 import { type CreateVolumeOptions, SnapshotVolume, type VolumeRuntimeOptions } from '../engine/volume.js';
 import { FileBlockDevice } from './file-block-device.js';
 import type { FileIo } from './file-io.js';
