@@ -65,8 +65,10 @@ export class ContentController {
       reconcile: (key, ctx) => this.reconcile(key, ctx),
     });
     d.caches.contents.onChange((c, type) => {
-      if (type === 'delete') this.polls.delete(c.metadata.name);
-      else this.loop.enqueue(c.metadata.name);
+      if (type === 'delete') {
+        this.polls.delete(c.metadata.name);
+        this.gate.succeeded(c.metadata.name);
+      } else this.loop.enqueue(c.metadata.name);
     });
     d.caches.snapshots.onChange((vs) => {
       const name = vs.status?.boundVolumeSnapshotContentName ?? vs.spec.source.volumeSnapshotContentName;

@@ -73,7 +73,10 @@ export class LeaderElector {
             { lease: this.cfg.name, namespace: this.cfg.namespace, identity: this.cfg.identity },
             'Became leader',
           );
-          await this.cb.onStartedLeading();
+          // Not awaited: renewals must go on while the controllers start (cache sync can take a while).
+          Promise.resolve()
+            .then(() => this.cb.onStartedLeading())
+            .catch((err: unknown) => this.log.error({ err }, 'Failed to start leading'));
         }
       } else if (this.leading && now - this.lastRenewMs > this.cfg.renewDeadlineMs) {
         this.leading = false;

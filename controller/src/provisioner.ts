@@ -53,8 +53,9 @@ export class Provisioner {
       reconcile: (key, ctx) => this.reconcile(key, ctx),
     });
     const c = d.caches;
-    c.pvcs.onChange((pvc) => {
-      this.loop.enqueue(keyOf(pvc.metadata));
+    c.pvcs.onChange((pvc, type) => {
+      if (type === 'delete') this.gate.succeeded(keyOf(pvc.metadata));
+      else this.loop.enqueue(keyOf(pvc.metadata));
       // Clones wait for their source PVC to be bound.
       for (const other of c.pvcs.list(pvc.metadata.namespace)) {
         const ref = other.spec.dataSourceRef ?? other.spec.dataSource;

@@ -56,7 +56,8 @@ export class PvController {
       reconcile: (key, ctx) => this.reconcile(key, ctx),
     });
     d.caches.pvs.onChange((pv, type) => {
-      if (type !== 'delete') this.loop.enqueue(pv.metadata.name);
+      if (type === 'delete') this.gate.succeeded(pv.metadata.name);
+      else this.loop.enqueue(pv.metadata.name);
     });
     d.caches.contents.onChange((content, type) => {
       const handle = content.spec.source.volumeHandle;
