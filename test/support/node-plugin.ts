@@ -133,6 +133,7 @@ export class NodePlugin {
     while (!(await probe())) {
       if (p.exited || Date.now() > deadline) {
         await p.kill9();
+        if (opts.dir === undefined) await cleanupPluginDir(dir);
         throw new Error(
           `node plugin ${opts.nodeId} did not start: ${errText.trim() || JSON.stringify(p.lines.slice(-5))}`,
         );
