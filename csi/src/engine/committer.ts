@@ -158,14 +158,22 @@ export class Committer {
     const target = this.appended;
     const saveDirty = this.saveDirty;
     this.saveDirty = false;
+    // A cut with no meta records pending syncs the clone in parallel with its frame: until both are durable
+    // the cut is not acknowledged, and if only the frame survives a crash the snapshot equals the recovered
+    // live volume (no write can follow the cut before it is acknowledged), i.e. a cut taken after the crash.
+    const cloneInParallel = flushes.length > 0 && deferred.length === 0 && extra.length > 0;
     try {
-      if (flushes.length > 0) await this.deps.clone.flush();
+      if (flushes.length > 0 && !cloneInParallel) await this.deps.clone.flush();
       if (records.length > 0 || deferred.length > 0 || extra.length > 0) {
         const frame = encodeFrame(this.gen, this.seq, records.concat(deferred, extra));
         // Save data and frame are synced in parallel; each cow record carries the checksum of its before-image
         // so replay drops an entry of the last frame whose data did not make it (recovery.ts). Frames never
         // overlap: the next commit starts only after both syncs of this one completed.
-        await Promise.all([saveDirty ? this.deps.save.flush() : undefined, this.deps.meta.appendJournal(frame)]);
+        await Promise.all([
+          cloneInParallel ? this.deps.clone.flush() : undefined,
+          saveDirty ? this.deps.save.flush() : undefined,
+          this.deps.meta.appendJournal(frame),
+        ]);
         this.seq++;
         this.framesWritten++;
       } else if (saveDirty) {

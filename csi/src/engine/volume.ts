@@ -224,8 +224,8 @@ export class SnapshotVolume {
       };
       core.queue.append(entry);
       core.resetSettled();
-      // One commit: fsync the clone (every write before the cut), then one frame holding the pending meta
-      // records followed by snap-create, so replay freezes exactly the MBM_P frozen here.
+      // One commit: fsync the clone (every write before the cut) and one frame holding the pending meta
+      // records followed by snap-create, so replay freezes exactly the MBM_P frozen here (committer.ts).
       await core.committer.flush({
         then: [{ type: 'snap-create', snapId: entry.id, method, createdAt: entry.createdAt, tag }],
         now: true,
