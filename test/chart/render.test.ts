@@ -2,13 +2,26 @@
 // charts/loopsnap rendered with helm: lint and template for the defaults and the value matrix, bad values
 // refused at install time (values.schema.json and the templates' own checks), and what the defaults install.
 import { execFileSync } from 'node:child_process';
-import { lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
+import { lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { ensureBuilt } from '../support/controller-harness.js';
 import { REPO_ROOT } from '../support/paths.js';
-import { CHART_DIR, cleanStderr, find, helmLint, helmTemplate, type K8sObject, only, render } from './lib/helm.js';
+import {
+  CHART_DIR,
+  cleanStderr,
+  find,
+  helmLint,
+  helmTemplate,
+  type K8sObject,
+  KUBE_VERSION,
+  only,
+  parseManifests,
+  render,
+  runTool,
+} from './lib/helm.js';
 import { MATRIX } from './lib/matrix.js';
 
 type Container = {
@@ -207,6 +220,45 @@ describe('CRDs come from the repository crds/ directory', () => {
         const want = doc.toJS() as K8sObject;
         expect(only(objects, 'CustomResourceDefinition', want.metadata.name)).toEqual(want);
       }
+    }
+  });
+
+  it('helm package stores the linked files: the packaged chart renders the same objects', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loopsnap-package-'));
+    try {
+      const r = runTool('helm', ['package', CHART_DIR, '-d', dir]);
+      expect(r.code, r.stderr).toBe(0);
+      const tgz = join(
+        dir,
+        readdirSync(dir).find((f) => f.endsWith('.tgz'))!,
+      );
+      const listing = execFileSync('tar', ['tzf', tgz]).toString();
+      expect(listing).toContain('loopsnap/charts/snapshot-crds/crds/volumesnapshots.yaml');
+      expect(listing).not.toContain('loopsnap/files/crds/snapshot.storage.k8s.io/');
+      // Each render makes new TLS material: leave out the Secrets and the pods' checksum of them.
+      const strip = (objs: K8sObject[]): unknown =>
+        JSON.parse(
+          JSON.stringify(
+            objs.filter((o) => o.kind !== 'Secret'),
+            (k, v: unknown) => (k === 'checksum/tls' ? undefined : v),
+          ),
+        );
+      const fromDir = render({ includeCrds: true }).objects;
+      const packaged = parseManifests(
+        runTool('helm', [
+          'template',
+          'loopsnap',
+          tgz,
+          '-n',
+          'loopsnap',
+          '--kube-version',
+          KUBE_VERSION,
+          '--include-crds',
+        ]).stdout,
+      );
+      expect(strip(packaged)).toEqual(strip(fromDir));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
