@@ -34,6 +34,7 @@ COPY --from=build /src/node_modules node_modules
 COPY --from=build /src/dist/common dist/common
 COPY --from=build /src/dist/controller dist/controller
 COPY --from=build /src/dist/csi dist/csi
+COPY --from=build /src/csi/proto csi/proto
 COPY --from=protos /out/csi.proto gen/proto/csi.proto
 RUN printf '#!/bin/sh\nexec node --enable-source-maps /app/dist/controller/src/main.js "$@"\n' > /usr/local/bin/loopsnap-controller \
  && printf '#!/bin/sh\nexec node --enable-source-maps /app/dist/csi/src/main.js "$@"\n' > /usr/local/bin/loopsnap-node \

@@ -2,7 +2,8 @@
 // The node plugin's entry point, and the only place that reads argv and the environment.
 //   start: flags -> Config; load driver state; start the storage backend (data-path cleanup of a dead
 //   predecessor, FUSE mount, engine volumes); reconcile state after a crash; serve gRPC on the unix socket
-//   (all CSI services) and on TCP with mutual TLS (Identity, Controller, SnapshotMetadata); serve metrics;
+//   (all CSI services) and on TCP with mutual TLS (Identity, Controller, SnapshotMetadata, loopsnap.v1.NodeAgent:
+//   in-place restore and refresh, resumed here before serving); serve metrics;
 //   register in the node registry Lease when Kubernetes access is configured.
 //   stop (SIGTERM/SIGINT): refuse new calls, let calls in flight finish (--shutdown-grace-seconds), release
 //   the Lease, unpublish/unstage what is still staged (pods lose their volumes with the plugin anyway; this
@@ -17,6 +18,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { createLogger, type Logger } from '../../common/src/log.js';
 import { type Config, ConfigError, helpText, parseConfig, socketPath } from './config.js';
+import { NodeAgent } from './agent/node-agent.js';
 import { DriverContext } from './driver/context.js';
 import { EngineBackend } from './driver/engine-backend.js';
 import { MetadataService } from './driver/metadata-service.js';
@@ -24,6 +26,7 @@ import { NodeService } from './driver/node-service.js';
 import { recoverState } from './driver/recovery.js';
 import { SnapshotService } from './driver/snapshot-service.js';
 import { VolumeService } from './driver/volume-service.js';
+import { agentService } from './grpc/agent-server.js';
 import { buildNodeServer, buildRemoteServer, listen, type ServerDeps, shutdown } from './grpc/server.js';
 import { mutualTlsCredentials } from './grpc/tls.js';
 import { DriverState } from './state/driver-state.js';
@@ -56,6 +59,7 @@ interface Running {
   readonly backend: EngineBackend;
   http?: HttpServer;
   lease?: NodeLeaseHandle;
+  agent?: NodeAgent;
 }
 
 async function start(config: Config, log: Logger): Promise<Running> {
@@ -106,9 +110,22 @@ async function start(config: Config, log: Logger): Promise<Running> {
       log,
     );
     await recoverState(driver, backend.storedVolumeIds());
+    const snapshots = new SnapshotService(driver);
+    // In-place restore and refresh (loopsnap.v1.NodeAgent): unfinished operations take their locks again
+    // before anything is served, then resume in the background.
+    const agent = await NodeAgent.start({
+      driver,
+      snapshots,
+      content: backend,
+      stateDir: config.stateDir,
+      log,
+      registry,
+    });
+    running.agent = agent;
+    agent.resumeAll();
     const metrics = new CsiMetrics(registry, {
       volumes: () => backend.volumeSamples(),
-      jobs: () => backend.jobSamples(),
+      jobs: () => [...backend.jobSamples(), ...agent.jobSamples()],
     });
     running.node = new NodeService(driver);
     const deps: ServerDeps = {
@@ -121,7 +138,7 @@ async function start(config: Config, log: Logger): Promise<Running> {
       ready: () => serving && backend.healthy(),
       driver,
       volumes: new VolumeService(driver),
-      snapshots: new SnapshotService(driver),
+      snapshots,
       node: running.node,
       metadata: new MetadataService(driver),
     };
@@ -142,7 +159,7 @@ async function start(config: Config, log: Logger): Promise<Running> {
           });
       if (config.insecureTcp)
         log.warn({ tcpEndpoint: config.tcpEndpoint }, 'Serving TCP without TLS (development only)');
-      const tcpServer = buildRemoteServer(deps);
+      const tcpServer = buildRemoteServer(deps, [agentService(deps, agent)]);
       running.servers.push(tcpServer);
       tcpPort = await listen(tcpServer, config.tcpEndpoint, creds);
     }
@@ -189,6 +206,7 @@ async function stop(r: Running): Promise<void> {
   await Promise.all(r.servers.map((s) => shutdown(s, graceMs)));
   await r.lease?.stop().catch((err: unknown) => r.log.warn({ err }, 'Failed to release the node Lease'));
   await new Promise<void>((resolve) => (r.http ? r.http.close(() => resolve()) : resolve()));
+  await r.agent?.stop();
   await r.node?.teardownAll();
   await r.backend.close();
   await rm(socketPath(r.config), { force: true });

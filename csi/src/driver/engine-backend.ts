@@ -220,6 +220,32 @@ export class EngineBackend implements VolumeBackend {
     return { copiedBytes: copied };
   }
 
+  // ----- live content (node agent: in-place restore and refresh, csi/src/agent/content-port.ts) ------------
+
+  blockSize(volumeId: string): number {
+    return this.vol(volumeId).blockSize;
+  }
+
+  liveAllocatedExtents(volumeId: string, q: ExtentQuery): ByteExtent[] {
+    return this.vol(volumeId).allocatedExtents('live', { startingOffset: q.startingOffset, maxResults: q.maxResults });
+  }
+
+  async readLive(volumeId: string, offset: number, into: Uint8Array): Promise<void> {
+    await this.vol(volumeId).readInto(offset, into);
+  }
+
+  async writeLive(volumeId: string, offset: number, data: Uint8Array): Promise<void> {
+    await this.vol(volumeId).write(offset, data);
+  }
+
+  async discardLive(volumeId: string, offset: number, length: number): Promise<void> {
+    await this.vol(volumeId).discard(offset, length);
+  }
+
+  async flushLive(volumeId: string): Promise<void> {
+    await this.vol(volumeId).flush();
+  }
+
   // ----- data path --------------------------------------------------------------------------------------
 
   async attachVolume(volumeId: string): Promise<LoopDevice> {

@@ -42,6 +42,7 @@ const READ_METHODS = new Set([
   'ValidateVolumeCapabilities',
   'GetMetadataAllocated',
   'GetMetadataDelta',
+  'GetOperation',
 ]);
 const IDENTITY_METHODS = new Set(['Probe', 'GetPluginInfo', 'GetPluginCapabilities']);
 
@@ -55,6 +56,7 @@ const LOGGED_FIELDS: ReadonlyArray<readonly [string, string]> = [
   ['staging_target_path', 'stagingTargetPath'],
   ['target_path', 'targetPath'],
   ['volume_path', 'volumePath'],
+  ['operation_id', 'operationId'],
 ];
 
 /** The identifying fields of a request, renamed to our log keys. */
