@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // Wires the controller together: informers, the node registry, the four reconcile loops (VolumeSnapshot,
 // VolumeSnapshotContent, PVC provisioning/expansion, PV reclaim), the CSIStorageCapacity publisher and
-// leader election. Everything it uses is passed in; `start()` returns once this replica is running (as
-// leader or as a standby waiting for the Lease).
+// leader election, and the VolumeRestore / VolumeRefresh loops when the loopsnap.dev CRDs are installed.
+// Everything it uses is passed in; `start()` returns once this replica is running (as leader or as a standby
+// waiting for the Lease).
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
-import { KubeRest } from '../../common/src/kube-rest.js';
+import { isNotFound, KubeRest } from '../../common/src/kube-rest.js';
 import type { Logger } from '../../common/src/log.js';
 import { NODE_LEASE_LABEL } from '../../common/src/node-lease-format.js';
 import { CapacityPublisher } from './capacity-publisher.js';
@@ -21,6 +22,8 @@ import type { KubeObject } from './kube/types.js';
 import { LeaderElector } from './leader-election.js';
 import { ControllerMetrics } from './metrics.js';
 import { NodeRegistry } from './node-registry.js';
+import { OperationController, type OperationInformers } from './operation-controller.js';
+import type { VolumeOperationObject } from './operation-logic.js';
 import { Provisioner } from './provisioner.js';
 import { PvController } from './pv-controller.js';
 import { SnapshotController } from './snapshot-controller.js';
@@ -44,6 +47,17 @@ export interface RunningController {
   readonly metrics: ControllerMetrics;
   /** The running loops, once leading (tests use `idle`). */
   readonly loops: ReadonlyArray<{ readonly name: string; readonly idle: boolean }>;
+}
+
+/** Whether the API server serves our own group (the loopsnap.dev CRDs are installed). */
+async function servesLoopsnapApi(r: KubeRest): Promise<boolean> {
+  try {
+    await r.get('/apis/loopsnap.dev/v1alpha1');
+    return true;
+  } catch (err) {
+    if (isNotFound(err)) return false;
+    throw err;
+  }
 }
 
 export function buildController(opts: ControllerOptions): RunningController {
@@ -73,8 +87,19 @@ export function buildController(opts: ControllerOptions): RunningController {
         labelSelector: `${NODE_LEASE_LABEL}=true`,
       }),
     };
+    // VolumeRestore / VolumeRefresh (loopsnap.dev), when their CRDs are installed; the rest runs without them.
+    const opInformers: OperationInformers | undefined = (await servesLoopsnapApi(r))
+      ? {
+          restores: informer<VolumeOperationObject>(Resources.VolumeRestore),
+          refreshes: informer<VolumeOperationObject>(Resources.VolumeRefresh),
+        }
+      : undefined;
+    if (!opInformers)
+      log.warn({}, 'loopsnap.dev/v1alpha1 is not served (CRDs not installed): VolumeRestore and VolumeRefresh are off');
     const kube = new KubeClient(r);
-    for (const inf of Object.values(caches)) kube.register(inf as Informer<KubeObject>);
+    for (const inf of [...Object.values(caches), ...Object.values(opInformers ?? {})]) {
+      kube.register(inf as Informer<KubeObject>);
+    }
     // Events of cluster-scoped objects (PV, VolumeSnapshotContent) must live in `default`.
     const events = new EventRecorder(r, 'loopsnap-controller', log, { defaultNamespace: 'default' });
     const nodes = new NodeRegistry(caches.leases, {
@@ -106,13 +131,21 @@ export function buildController(opts: ControllerOptions): RunningController {
     const provisioner = new Provisioner(deps);
     const pvs = new PvController(deps);
     const capacity = new CapacityPublisher(deps, { namespace: cfg.namespace, intervalMs: cfg.capacityPollIntervalMs });
-    const all = [snapshots, contents, provisioner, pvs];
+    const operations = opInformers
+      ? [new OperationController(deps, 'restore', opInformers), new OperationController(deps, 'refresh', opInformers)]
+      : [];
+    const all = [snapshots, contents, provisioner, pvs, ...operations];
     // A node coming back (or going away) changes what every waiting object can do next.
     nodes.onChange((n) => {
-      if (n.ready) for (const g of [contents.gate, provisioner.gate, pvs.gate]) g.release();
+      if (n.ready)
+        for (const g of [contents.gate, provisioner.gate, pvs.gate, ...operations.map((c) => c.gate)]) g.release();
       for (const c of all) c.enqueueAll();
     });
-    await Promise.all(Object.values(caches).map((i: Informer<KubeObject>) => i.start()));
+    const informers: Array<Informer<KubeObject>> = [
+      ...Object.values(caches),
+      ...(Object.values(opInformers ?? {}) as Array<Informer<KubeObject>>),
+    ];
+    await Promise.all(informers.map((i) => i.start()));
     nodes.start();
     metrics.nodesReady.set(nodes.readyNodes().length);
     for (const c of all) c.loop.start();
@@ -131,7 +164,7 @@ export function buildController(opts: ControllerOptions): RunningController {
         await capacity.stop();
         await Promise.all(all.map((c) => c.loop.stop()));
         nodes.stop();
-        await Promise.all(Object.values(caches).map((i: Informer<KubeObject>) => i.stop()));
+        await Promise.all(informers.map((i) => i.stop()));
         await events.flush();
         csi.closeAll();
       },

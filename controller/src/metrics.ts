@@ -29,6 +29,13 @@ export class ControllerMetrics {
   /** CSI calls to node plugins per method and gRPC code. */
   readonly csiCallsTotal: Counter<'method' | 'code'>;
 
+  /** Finished in-place restores and refreshes, by kind (restore, refresh) and result (completed, failed). */
+  readonly restoresTotal: Counter<'kind' | 'result'>;
+  /** Time from the node starting an in-place restore or refresh to its end, by kind. */
+  readonly restoreSeconds: Histogram<'kind'>;
+  /** Restores and refreshes under way and their copy progress (blocks), summed by kind; read at scrape. */
+  readonly restoreSources: Array<() => Array<{ kind: string; done: number; total: number }>> = [];
+
   private readonly started = new Map<string, { op: OperationName; type: SnapshotType; startMs: number }>();
 
   constructor(
@@ -77,6 +84,56 @@ export class ControllerMetrics {
       labelNames: ['method', 'code'],
       registers: [registry],
     });
+    const r = this.registerRestoreMetrics(registry);
+    this.restoresTotal = r.total;
+    this.restoreSeconds = r.seconds;
+  }
+
+  private registerRestoreMetrics(registry: Registry): { total: Counter<'kind' | 'result'>; seconds: Histogram<'kind'> } {
+    const sum = (pick: (x: { done: number; total: number }) => number) =>
+      function (this: Gauge<'kind'>): void {
+        this.reset();
+        const by = new Map<string, number>();
+        for (const src of restoreSources) for (const x of src()) by.set(x.kind, (by.get(x.kind) ?? 0) + pick(x));
+        for (const [kind, v] of by) this.set({ kind }, v);
+      };
+    const restoreSources = this.restoreSources;
+    new Gauge({
+      name: 'loopsnap_restores_in_progress',
+      help: 'In-place restores and refreshes started and not finished, by kind',
+      labelNames: ['kind'],
+      registers: [registry],
+      collect: sum(() => 1),
+    });
+    new Gauge({
+      name: 'loopsnap_restore_blocks_done',
+      help: 'Blocks copied so far by the in-place restores and refreshes under way, by kind',
+      labelNames: ['kind'],
+      registers: [registry],
+      collect: sum((x) => x.done),
+    });
+    new Gauge({
+      name: 'loopsnap_restore_blocks_total',
+      help: 'Blocks to copy in all by the in-place restores and refreshes under way, by kind',
+      labelNames: ['kind'],
+      registers: [registry],
+      collect: sum((x) => x.total),
+    });
+    return {
+      total: new Counter({
+        name: 'loopsnap_restores_total',
+        help: 'Finished in-place restores and refreshes, by kind (restore, refresh) and result (completed, failed)',
+        labelNames: ['kind', 'result'],
+        registers: [registry],
+      }),
+      seconds: new Histogram({
+        name: 'loopsnap_restore_duration_seconds',
+        help: 'Duration of in-place restores and refreshes on the node, from start to completion, by kind',
+        labelNames: ['kind'],
+        buckets: [0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200],
+        registers: [registry],
+      }),
+    };
   }
 
   /** Starts timing an operation of one object (idempotent: the first start wins). */

@@ -6,6 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import { csiService } from '../../../common/src/csi-proto.js';
 import type { Logger } from '../../../common/src/log.js';
 import { CsiCallError } from '../errors.js';
+import { NodeAgentClient } from './agent-client.js';
 import type { ControllerMetrics } from '../metrics.js';
 
 export interface NodeTls {
@@ -152,6 +153,14 @@ export class CsiNodeClient {
 
   close(): void {
     this.identity.close();
+  }
+
+  private agentClient: NodeAgentClient | undefined;
+
+  /** The node's loopsnap.v1.NodeAgent (in-place restore and refresh), on the same channel. */
+  agent(): NodeAgentClient {
+    this.agentClient ??= new NodeAgentClient(this.nodeId, this.endpoint, this.identity.getChannel(), this.opts);
+    return this.agentClient;
   }
 
   /** Serialises calls that touch `volumeId` on this node (see KeyedMutex). */

@@ -61,6 +61,20 @@ export const Resources = {
     namespaced: true,
   },
   Event: { group: '', version: 'v1', plural: 'events', kind: 'Event', namespaced: true },
+  VolumeRestore: {
+    group: 'loopsnap.dev',
+    version: 'v1alpha1',
+    plural: 'volumerestores',
+    kind: 'VolumeRestore',
+    namespaced: true,
+  },
+  VolumeRefresh: {
+    group: 'loopsnap.dev',
+    version: 'v1alpha1',
+    plural: 'volumerefreshes',
+    kind: 'VolumeRefresh',
+    namespaced: true,
+  },
 } as const satisfies Record<string, Resource>;
 
 export function apiVersionOf(r: Resource): string {
