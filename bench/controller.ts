@@ -112,7 +112,7 @@ class Arrivals<T extends { metadata?: { name?: string } }> {
   }
 }
 
-function clusterHandle(kubeconfigPath: string, namespace: string): ClusterHandle {
+export function clusterHandle(kubeconfigPath: string, namespace: string): ClusterHandle {
   const kc = new KubeConfig();
   kc.loadFromFile(kubeconfigPath);
   const bin = execFileSync(join(REPO_ROOT, 'hack', 'build-tools.sh'), ['--bin-dir'])

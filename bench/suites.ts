@@ -3,10 +3,12 @@
 import { controllerSuite } from './controller.js';
 import { datapathSuite } from './datapath.js';
 import { engineSuite } from './engine.js';
+import { restoreSuite } from './restore.js';
 import type { BenchSuite } from './suite.js';
 
 export const suites: Record<string, BenchSuite> = {
   controller: controllerSuite,
   datapath: datapathSuite,
   engine: engineSuite,
+  restore: restoreSuite,
 };

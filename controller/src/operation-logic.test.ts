@@ -136,6 +136,18 @@ describe('decideOperationAction', () => {
     if (reason) expect(a).toMatchObject({ reason });
   });
 
+  it('refuses a snapshot held by another node than the volume (not in its lineage)', () => {
+    const other = {
+      ...content,
+      metadata: { name: 'c1', labels: { 'snapshot.storage.kubernetes.io/managed-by': 'node-b' } },
+    };
+    expect(decideOperationAction(world({ content: other }))).toMatchObject({
+      type: 'setWaiting',
+      final: true,
+      reason: 'NotInLineage',
+    });
+  });
+
   it('refuses a second operation on the same PVC for good, naming the first', () => {
     const first = vr({
       metadata: { name: 'r0', namespace: 'ns', uid: 'u0', creationTimestamp: '2026-01-01T00:00:00Z' },

@@ -17,6 +17,7 @@ import type {
   VolumeSnapshot,
   VolumeSnapshotContent,
 } from './kube/types.js';
+import { LABEL_MANAGED_BY } from './names.js';
 import { nodeOfPv } from './snapshot-logic.js';
 
 export const FIN_OPERATION = 'loopsnap.dev/operation-protection';
@@ -203,6 +204,13 @@ export function decideOperationAction(w: OperationWorld): OperationAction {
       return fail(
         'SnapshotOfOtherDriver',
         `VolumeSnapshot ${vsName} belongs to driver ${w.content.spec.driver}, not ${w.driver}`,
+      );
+    }
+    const snapNode = w.content.metadata.labels?.[LABEL_MANAGED_BY];
+    if (snapNode && snapNode !== nodeId) {
+      return fail(
+        'NotInLineage',
+        `VolumeSnapshot ${vsName} is held by node ${snapNode}, but PersistentVolumeClaim ${o.spec.pvcName}'s volume is on node ${nodeId}: it is a snapshot of another volume, not of this volume's lineage`,
       );
     }
     snapshotHandle = w.content.status?.snapshotHandle ?? w.content.spec.source.snapshotHandle;

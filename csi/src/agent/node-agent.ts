@@ -129,7 +129,7 @@ export class NodeAgent {
   resumeAll(): void {
     for (const rec of this.store.all()) {
       if (!isActive(rec)) continue;
-      if (rec.state === 'running') this.heldLocks.set(rec.operationId, this.hold(rec));
+      this.holdKeys(rec.operationId, rec.kind, this.lockKeys(rec));
       this.log.info({ operationId: rec.operationId, volumeId: rec.volumeId, state: rec.state }, 'Resuming operation');
       this.launch(rec);
     }
@@ -152,7 +152,25 @@ export class NodeAgent {
     const existing = this.existing(input.operationId, same);
     if (existing) return existing;
     const snap = this.validate('restore', input.volumeId, input.snapshotId);
+    let restorePointSnapshotId = '';
+    if (input.keepRestorePoint) {
+      // Cut before the operation exists, so that the operation can hold the volume lock from its creation on.
+      const rp = await this.o.snapshots.create({
+        name: input.restorePointName,
+        sourceVolumeId: input.volumeId,
+        parameters: {},
+      });
+      restorePointSnapshotId = rp.snapshotId;
+      const again = this.existing(input.operationId, same);
+      if (again) return again;
+      if (this.o.driver.state.volume(input.volumeId)?.stage) {
+        await this.o.snapshots.delete(rp.snapshotId).catch(() => undefined);
+        this.checkUnstaged(input.volumeId, 'restore');
+      }
+      this.checkVolume(input.volumeId);
+    }
     return this.create({
+      restorePointSnapshotId,
       operationId: input.operationId,
       kind: 'restore',
       volumeId: input.volumeId,
@@ -203,6 +221,7 @@ export class NodeAgent {
       fromSource: input.fromSource,
       keepRestorePoint: false,
       restorePointName: '',
+      restorePointSnapshotId: '',
     });
   }
 
@@ -246,8 +265,7 @@ export class NodeAgent {
     this.stopped = true;
     for (const t of this.tasks.values()) t.abort.abort(new Error('node plugin stopping'));
     await Promise.all([...this.tasks.values()].map((t) => t.done));
-    for (const release of this.heldLocks.values()) release();
-    this.heldLocks.clear();
+    for (const id of [...this.heldLocks.keys()]) this.releaseKeys(id);
   }
 
   // ----- validation -----------------------------------------------------------------------------------------
@@ -352,25 +370,37 @@ export class NodeAgent {
       | 'fromSource'
       | 'keepRestorePoint'
       | 'restorePointName'
+      | 'restorePointSnapshotId'
     >,
   ): Promise<OperationView> {
     if (this.stopped) throw new CsiError('CSI_ERR_NOT_READY_SERVICE', 'the node plugin is stopping; retry');
+    // Hold the volume (and the source snapshot) from now on, in the same synchronous step as the checks
+    // above: nothing can stage the volume between them and the copy.
+    const keys = this.lockKeys(fields);
+    const busy = keys.find((k) => this.o.driver.locks.isHeld(k));
+    if (busy) throw new AgentError('AGENT_ERR_BUSY', `another operation holds ${busy}; retry`);
+    this.holdKeys(fields.operationId, fields.kind, keys);
     const now = Date.now();
-    const rec = await this.store.put({
-      version: OPERATION_RECORD_VERSION,
-      ...fields,
-      restorePointSnapshotId: '',
-      state: 'pending',
-      mode: 'copy',
-      blocksDone: 0,
-      blocksTotal: 0,
-      blockSizeBytes: this.o.content.blockSize(fields.volumeId),
-      startTimeMs: now,
-      completionTimeMs: 0,
-      message: 'accepted',
-      errorCode: '',
-      createdAtMs: now,
-    });
+    let rec: OperationRecord;
+    try {
+      rec = await this.store.put({
+        version: OPERATION_RECORD_VERSION,
+        ...fields,
+        state: 'pending',
+        mode: 'copy',
+        blocksDone: 0,
+        blocksTotal: 0,
+        blockSizeBytes: this.o.content.blockSize(fields.volumeId),
+        startTimeMs: now,
+        completionTimeMs: 0,
+        message: 'accepted',
+        errorCode: '',
+        createdAtMs: now,
+      });
+    } catch (err) {
+      this.releaseKeys(fields.operationId);
+      throw err;
+    }
     this.log.info(
       { operationId: rec.operationId, kind: rec.kind, volumeId: rec.volumeId, snapshotId: rec.sourceSnapshotId },
       'Accepted operation',
@@ -392,31 +422,37 @@ export class NodeAgent {
 
   // ----- execution ------------------------------------------------------------------------------------------
 
-  private lockKeys(rec: OperationRecord): string[] {
-    return [volumeKey(rec.volumeId), snapshotKey(rec.sourceSnapshotId)];
+  private lockKeys(rec: Pick<OperationRecord, 'volumeId' | 'sourceSnapshotId'>): string[] {
+    return [volumeKey(rec.volumeId), ...(rec.sourceSnapshotId ? [snapshotKey(rec.sourceSnapshotId)] : [])];
   }
 
-  /** Takes the operation's locks now (they must be free) until the returned function is called. */
-  private hold(rec: OperationRecord): () => void {
+  /** Takes `keys` now (they must be free) for the operation, until releaseKeys. */
+  private holdKeys(operationId: string, kind: OperationKind, keys: readonly string[]): void {
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
     // locks.run takes every key before its first await, or rejects when one is held.
     this.o.driver.locks
-      .run(rec.kind === 'restore' ? 'VolumeRestore' : 'VolumeRefresh', this.lockKeys(rec), () => held)
-      .catch((err: unknown) =>
-        this.log.error({ err, operationId: rec.operationId }, 'Failed to hold the operation locks'),
-      );
-    return release;
+      .run(kind === 'restore' ? 'VolumeRestore' : 'VolumeRefresh', keys, () => held)
+      .catch((err: unknown) => this.log.error({ err, operationId }, 'Failed to hold the operation locks'));
+    const prev = this.heldLocks.get(operationId);
+    this.heldLocks.set(operationId, () => {
+      prev?.();
+      release();
+    });
   }
 
-  private async acquire(rec: OperationRecord, signal: AbortSignal): Promise<() => void> {
-    const pre = this.heldLocks.get(rec.operationId);
-    if (pre) {
-      this.heldLocks.delete(rec.operationId);
-      return pre;
-    }
+  private releaseKeys(operationId: string): void {
+    this.heldLocks.get(operationId)?.();
+    this.heldLocks.delete(operationId);
+  }
+
+  /** Waits until `key` is free and takes it for the operation. */
+  private async acquire(rec: OperationRecord, key: string, signal: AbortSignal): Promise<void> {
     for (;;) {
-      if (this.lockKeys(rec).every((k) => !this.o.driver.locks.isHeld(k))) return this.hold(rec);
+      if (!this.o.driver.locks.isHeld(key)) {
+        this.holdKeys(rec.operationId, rec.kind, [key]);
+        return;
+      }
       await sleep(this.o.retryMs ?? 200, signal);
     }
   }
@@ -455,7 +491,10 @@ export class NodeAgent {
           })
           .catch((e: unknown) => this.log.error({ err: e }, 'Failed to persist a failed operation'));
       })
-      .finally(() => this.tasks.delete(rec.operationId));
+      .finally(() => {
+        if (!abort.signal.aborted) this.releaseKeys(rec.operationId);
+        this.tasks.delete(rec.operationId);
+      });
     this.tasks.set(rec.operationId, { abort, done });
   }
 
@@ -463,14 +502,6 @@ export class NodeAgent {
     const id = start.operationId;
     let rec = start;
     const snapshots = this.o.snapshots;
-    if (rec.state === 'pending' && rec.keepRestorePoint && rec.restorePointSnapshotId === '') {
-      const rp = await this.retryBusy(
-        () => snapshots.create({ name: rec.restorePointName, sourceVolumeId: rec.volumeId, parameters: {} }),
-        signal,
-      );
-      rec = await this.store.put({ ...rec, restorePointSnapshotId: rp.snapshotId, message: 'restore point cut' });
-      this.log.info({ operationId: id, snapshotId: rp.snapshotId }, 'Cut the restore point');
-    }
     if (rec.state === 'pending' && rec.fromSource && rec.sourceSnapshotId === '') {
       const s = await this.retryBusy(
         () => snapshots.create({ name: `refresh-source-${id}`, sourceVolumeId: rec.sourceVolumeId, parameters: {} }),
@@ -478,8 +509,10 @@ export class NodeAgent {
       );
       rec = await this.store.put({ ...rec, sourceSnapshotId: s.snapshotId, message: 'source snapshot cut' });
       this.log.info({ operationId: id, snapshotId: s.snapshotId }, 'Cut a fresh snapshot of the source volume');
+      await this.acquire(rec, snapshotKey(rec.sourceSnapshotId), signal);
+    } else if (rec.fromSource && !this.o.driver.locks.isHeld(snapshotKey(rec.sourceSnapshotId))) {
+      await this.acquire(rec, snapshotKey(rec.sourceSnapshotId), signal);
     }
-    const release = await this.acquire(rec, signal);
     try {
       const snap = this.o.driver.state.snapshot(rec.sourceSnapshotId);
       if (!snap) throw new AgentError('AGENT_ERR_NOT_FOUND', `snapshot ${rec.sourceSnapshotId} no longer exists`);
@@ -527,7 +560,7 @@ export class NodeAgent {
       this.opsTotal?.inc({ kind: rec.kind, result: 'completed' });
       this.log.info({ operationId: id, volumeId: rec.volumeId, ...result }, 'Operation completed');
     } finally {
-      release();
+      this.releaseKeys(id);
     }
     if (rec.fromSource) {
       await this.retryBusy(() => snapshots.delete(rec.sourceSnapshotId), signal).catch((err: unknown) =>
