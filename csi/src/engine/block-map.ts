@@ -14,7 +14,7 @@
 // an entry costs 4 bytes instead of (b, S, next), and the map iterates in ascending block order for free,
 // which the differential and the OP-11 merge need. Inserting shifts the tail of one page's slot array.
 
-import { lowMask, lowestBit, popcount32, type WordAllocator } from './bits.js';
+import { clearRange as clearBits, lowMask, lowestBit, popcount32, type WordAllocator } from './bits.js';
 
 export const MAP_PAGE_SHIFT = 15;
 export const MAP_PAGE_BLOCKS = 1 << MAP_PAGE_SHIFT;
@@ -181,6 +181,38 @@ export class BlockMap {
       page.slots = page.slots.slice(0, keep);
       page.rebuildRanks();
     }
+  }
+
+  /** Removes every entry with `from` <= block < `to`, passing its slot to `onFree` (ascending block order). */
+  removeRange(from: number, to: number, onFree: (slot: number) => void): void {
+    if (to <= from) return;
+    const p0 = Math.floor(from / MAP_PAGE_BLOCKS);
+    const p1 = Math.floor((to - 1) / MAP_PAGE_BLOCKS);
+    for (let pi = p0; pi <= p1 && pi < this.pages.length; pi++) {
+      const page = this.pages[pi];
+      if (page === undefined) continue;
+      const lo = pi === p0 ? from % MAP_PAGE_BLOCKS : 0;
+      const hi = pi === p1 ? ((to - 1) % MAP_PAGE_BLOCKS) + 1 : MAP_PAGE_BLOCKS;
+      const r0 = page.rank(lo);
+      const r1 = hi === MAP_PAGE_BLOCKS ? page.count : page.rank(hi);
+      if (r1 === r0) continue;
+      for (let r = r0; r < r1; r++) onFree(page.slots[r]!);
+      this.entries -= r1 - r0;
+      if (r1 - r0 === page.count) {
+        this.pages[pi] = undefined;
+        continue;
+      }
+      page.slots.copyWithin(r0, r1, page.count);
+      clearBits(page.bits, lo, hi);
+      page.rebuildRanks();
+    }
+  }
+
+  /** Removes every entry, passing its slot to `onFree`. */
+  clear(onFree: (slot: number) => void): void {
+    this.forEach((_b, slot) => onFree(slot));
+    this.pages = [];
+    this.entries = 0;
   }
 
   /** Resident bytes of this map (bit pages, rank directories, slot arrays, estimated headers). */

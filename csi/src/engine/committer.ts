@@ -6,9 +6,11 @@
 //   saved a before-image waits on `barrier()` before it overwrites the clone: the barrier makes the saved
 //   data (fsync save.img) and the frame holding its record (append + fsync journal, in parallel; see the
 //   checksum rule in layout.ts) durable.
-// - deferred: production meta bit map changes. They become durable only in `flush()`, after clone.img was
-//   fsynced, because a set granule bit promises that the clone holds that granule's data (zero-filled parts
-//   included); committing it earlier could expose stale bytes after a crash.
+// - deferred: production meta bit map changes and RP clears of a restore. They become durable only in
+//   `flush()`, after clone.img was fsynced, because a set granule bit (or a cleared RP bit) promises that the
+//   clone holds that block's data; committing it earlier could expose stale bytes after a crash. RW snapshot
+//   records (rw-map, rw-meta-set) are deferred too and promise data in save.img: when RW data was written
+//   since the last flush, flush() syncs save.img together with clone.img before it writes the frame.
 // Map records and meta records commute on replay, so a frame may hold ordered records first, then deferred
 // ones. Records that freeze MBM_P (snap-create, resize) are appended only when `deferred` is empty.
 //
@@ -49,6 +51,7 @@ export class Committer {
   private running = false;
   private scheduled = false;
   private saveDirty = false;
+  private rwDirty = false;
   private failure: unknown = null;
   private failed = false;
   private seq = 0;
@@ -75,6 +78,11 @@ export class Committer {
   /** Notes that a before-image was written to the save device since the last commit. */
   noteSaveWrite(): void {
     this.saveDirty = true;
+  }
+
+  /** Notes that RW snapshot data was written to the save device: the next flush syncs it first. */
+  noteRwWrite(): void {
+    this.rwDirty = true;
   }
 
   append(record: JournalRecord): void {
@@ -156,14 +164,22 @@ export class Committer {
     const records = this.ordered.splice(0);
     const extra = flushes.flatMap((f) => f.extra ?? []);
     const target = this.appended;
-    const saveDirty = this.saveDirty;
+    let saveDirty = this.saveDirty;
     this.saveDirty = false;
+    // RW data: synced before the frame (its deferred records point at it), or at least by this flush.
+    const rwDirty = flushes.length > 0 && this.rwDirty;
+    if (rwDirty) this.rwDirty = false;
     // A cut with no meta records pending syncs the clone in parallel with its frame: until both are durable
     // the cut is not acknowledged, and if only the frame survives a crash the snapshot equals the recovered
     // live volume (no write can follow the cut before it is acknowledged), i.e. a cut taken after the crash.
     const cloneInParallel = flushes.length > 0 && deferred.length === 0 && extra.length > 0;
+    const saveFirst = rwDirty && !cloneInParallel;
+    if (rwDirty && cloneInParallel) saveDirty = true;
     try {
-      if (flushes.length > 0 && !cloneInParallel) await this.deps.clone.flush();
+      if (flushes.length > 0 && !cloneInParallel) {
+        await Promise.all([this.deps.clone.flush(), saveFirst ? this.deps.save.flush() : undefined]);
+      }
+      if (saveFirst) saveDirty = false;
       if (records.length > 0 || deferred.length > 0 || extra.length > 0) {
         const frame = encodeFrame(this.gen, this.seq, records.concat(deferred, extra));
         // Save data and frame are synced in parallel; each cow record carries the checksum of its before-image
@@ -178,6 +194,9 @@ export class Committer {
         this.framesWritten++;
       } else if (saveDirty) {
         this.saveDirty = true;
+      }
+      if (flushes.length > 0 && rwDirty && !saveFirst && records.length + deferred.length + extra.length === 0) {
+        await this.deps.save.flush();
       }
     } catch (err) {
       // The spliced flush requests are no longer in flushWaiters: fail() would not reach them.

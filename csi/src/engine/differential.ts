@@ -9,6 +9,7 @@
 import { lowMask, nextClearBit, nextSetBit } from './bits.js';
 import { MAP_PAGE_BLOCKS } from './block-map.js';
 import { FULL_META_PAGE, type FrozenMeta, META_PAGE_GRANULES, type ProductionMeta } from './meta-bitmap.js';
+import type { RwMeta } from './rw-snapshot.js';
 import type { SnapshotEntry } from './snapshot-queue.js';
 
 const PAGE_WORDS = MAP_PAGE_BLOCKS >>> 5;
@@ -20,7 +21,7 @@ export interface BlockExtent {
 
 /** The validity side of a view: a frozen snapshot map or the production map, with its size in blocks. */
 export interface ValiditySource {
-  readonly meta: FrozenMeta | ProductionMeta;
+  readonly meta: FrozenMeta | ProductionMeta | RwMeta;
   readonly blockCount: number;
 }
 
@@ -31,7 +32,7 @@ export interface ExtentQuery {
   maxExtents?: number;
 }
 
-function metaPage(meta: FrozenMeta | ProductionMeta, gpi: number): Uint32Array | undefined {
+function metaPage(meta: FrozenMeta | ProductionMeta | RwMeta, gpi: number): Uint32Array | undefined {
   if ('pages' in meta) return meta.pages[gpi];
   return gpi < meta.pageCount ? meta.pageWords(gpi) : undefined;
 }
@@ -133,12 +134,15 @@ class ExtentSink {
 
 /**
  * OP-16 differential between the entries `between` (all I with L <= I < M, oldest first) and the view `m`.
+ * `alsoChanged` (a bit per block) adds blocks that may differ for another reason: during an in-place
+ * restore, the live view's blocks still pending hold the restored content, not what the maps describe.
  */
 export function changedBlocks(
   between: readonly SnapshotEntry[],
   m: ValiditySource,
   shift: number,
   query: ExtentQuery = {},
+  alsoChanged?: Uint32Array,
 ): BlockExtent[] {
   const sink = new ExtentSink(query.maxExtents ?? Number.POSITIVE_INFINITY);
   const start = query.startBlock ?? 0;
@@ -149,6 +153,10 @@ export function changedBlocks(
   for (let p = Math.floor(start / MAP_PAGE_BLOCKS); p < pages && !sink.full; p++) {
     if (validityPage(m, shift, p, valid) === 0) continue;
     changed.fill(0);
+    if (alsoChanged !== undefined) {
+      const base = p * PAGE_WORDS;
+      for (let w = 0; w < PAGE_WORDS && base + w < alsoChanged.length; w++) changed[w] = alsoChanged[base + w]!;
+    }
     for (const e of between) {
       const bits = e.map.pageBits(p);
       if (bits !== undefined) for (let w = 0; w < PAGE_WORDS; w++) changed[w]! |= bits[w]!;

@@ -32,6 +32,20 @@ export const ENGINE_ERRORS = {
     summary: 'the save pool reached its quota or the disk is full (production writes never fail with it: EC-5)',
   },
   ENGINE_READ_ONLY: { grpc: 'FAILED_PRECONDITION', summary: 'the view is read-only (RO snapshot)' },
+  ENGINE_UNKNOWN_RW: { grpc: 'NOT_FOUND', summary: 'no RW snapshot has this id' },
+  ENGINE_RW_BUSY: {
+    grpc: 'FAILED_PRECONDITION',
+    summary: 'the RW snapshot is the source of a running restore or held by a copy job',
+  },
+  ENGINE_RESTORE_IN_PROGRESS: {
+    grpc: 'FAILED_PRECONDITION',
+    summary: 'an in-place restore of the volume is running (cuts, resizes and a second restore wait for it)',
+  },
+  ENGINE_NO_RESTORE: { grpc: 'FAILED_PRECONDITION', summary: 'no in-place restore is running on the volume' },
+  ENGINE_SNAPSHOT_NOT_READY: {
+    grpc: 'FAILED_PRECONDITION',
+    summary: 'the snapshot is the restore point of a running in-place restore and is readable once it completes',
+  },
   ENGINE_SHRINK_UNSUPPORTED: { grpc: 'INVALID_ARGUMENT', summary: 'volumes can grow but never shrink' },
   ENGINE_CORRUPT_METADATA: { grpc: 'DATA_LOSS', summary: 'metadata failed a checksum or structural check' },
   ENGINE_BAD_MAGIC: { grpc: 'DATA_LOSS', summary: 'a metadata file does not start with the loopsnap magic' },

@@ -24,6 +24,29 @@ const records: JournalRecord[] = [
   { type: 'resize', blockCount: 12345 },
   { type: 'quota', quotaSlots: null },
   { type: 'quota', quotaSlots: 64 },
+  { type: 'snap-flags', snapId: 4, flags: 3 },
+  { type: 'rw-create', rwId: 2, baseId: 4, blockCount: 2 ** 35, createdAt: 1_700_000_000_456, tag: 'vol-ü' },
+  { type: 'rw-map', rwId: 2, block: 2 ** 34 + 1, slot: 77 },
+  { type: 'rw-meta-set', rwId: 2, granule: 3, count: 8 },
+  { type: 'rw-discard', rwId: 2, granule: 2 ** 33, count: 2 },
+  { type: 'rw-refresh', rwId: 2, baseId: 9 },
+  { type: 'rw-resize', rwId: 2, blockCount: 2 ** 36 },
+  { type: 'rw-delete', rwId: 2 },
+  {
+    type: 'restore-start',
+    sourceKind: 'rw',
+    sourceId: 3,
+    order: 'old-then-new',
+    rpId: 12,
+    createdAt: 1_700_000_000_789,
+    keep: true,
+    tag: 'before-restore',
+  },
+  { type: 'restore-first', block: 2 ** 40, count: 3 },
+  { type: 'restore-done', block: 5, count: 1 },
+  { type: 'restore-end' },
+  { type: 'attr', key: 'copy.cursor', value: '123456' },
+  { type: 'attr', key: 'copy.cursor', value: '' },
 ];
 
 function checkpoint(): CheckpointState {
@@ -47,6 +70,7 @@ function checkpoint(): CheckpointState {
         id: 8,
         method: 'save-volume',
         state: 'invalid',
+        flags: 5,
         tag: 'a',
         blockCount: 90_000,
         createdAt: 6,
@@ -56,6 +80,33 @@ function checkpoint(): CheckpointState {
         forEachEntry: (fn) => map.forEach(fn),
       },
     ],
+    nextRwId: 4,
+    rws: [
+      {
+        id: 3,
+        base: 8,
+        blockCount: 95_000,
+        createdAt: 7,
+        tag: 'rw',
+        metaGranules: 47_500,
+        metaPages: [FULL_META_PAGE, page],
+        entryCount: map.size,
+        forEachEntry: (fn) => map.forEach(fn),
+      },
+    ],
+    attributes: [['k', 'v']],
+    restore: {
+      sourceKind: 'snapshot',
+      sourceId: 8,
+      order: 'new-then-old',
+      rpId: 9,
+      createdAt: 8,
+      keep: false,
+      tag: '',
+      totalBlocks: 33,
+      pending: [{ index: 2, words: page }],
+      first: [],
+    },
   };
 }
 
@@ -89,7 +140,38 @@ describe('on-disk codec', () => {
     expect(back.productionPages[0]![3]).toBe(0xdeadbeef);
     expect(back.snapshots[0]!.state).toBe('invalid');
     expect([...back.snapshots[0]!.entries!]).toEqual([1, 0, 10, 70_000, 0, 11]);
-    expect(bytes.length).toBeLessThan(2 * 4096 + 400);
+    expect(back.snapshots[0]!.flags).toBe(5);
+    expect(back.nextRwId).toBe(4);
+    expect(back.rws[0]!.metaPages[1]).toBe(back.productionPages[0]);
+    expect(back.rws[0]!.metaPages[0]).toBe(FULL_META_PAGE);
+    expect([...back.rws[0]!.entries!]).toEqual([1, 0, 10, 70_000, 0, 11]);
+    expect(back.rws[0]).toMatchObject({ id: 3, base: 8, blockCount: 95_000, tag: 'rw', metaGranules: 47_500 });
+    expect(back.attributes).toEqual([['k', 'v']]);
+    expect(back.restore).toMatchObject({ sourceKind: 'snapshot', sourceId: 8, rpId: 9, totalBlocks: 33, first: [] });
+    expect(back.restore!.pending[0]!.index).toBe(2);
+    expect(back.restore!.pending[0]!.words[3]).toBe(0xdeadbeef);
+    expect(bytes.length).toBeLessThan(3 * 4096 + 600);
+  });
+
+  it('reads version 1 checkpoints (no flags, RW snapshots, attributes or restore record)', () => {
+    const v2 = encodeCheckpoint({ ...checkpoint(), rws: [], attributes: [], restore: null });
+    // A version 1 body is the version 2 body without the flags byte of each snapshot and without the tail.
+    const body = v2.subarray(32);
+    const flagsAt = 32 + 44 + 4 + 4096 + 4 + 2 * 4 + 4 + 4 + 1 + 1;
+    const tailBytes = 4 + 4 + 4 + 1;
+    const v1 = new Uint8Array(v2.length - 1 - tailBytes);
+    v1.set(v2.subarray(0, flagsAt));
+    v1.set(v2.subarray(flagsAt + 1, v2.length - tailBytes), flagsAt);
+    const view = new DataView(v1.buffer);
+    view.setUint16(8, 1, true);
+    view.setUint32(16, v1.length - 32, true);
+    view.setUint32(24, crc32(v1.subarray(32)), true);
+    view.setUint32(28, crc32(v1.subarray(0, 28)), true);
+    void body;
+    const back = decodeCheckpoint(v1);
+    expect(back.snapshots[0]).toMatchObject({ id: 8, flags: 0, state: 'invalid', tag: 'a' });
+    expect(back.rws).toEqual([]);
+    expect(back.restore).toBeNull();
   });
 
   it('rejects bad magic, bad version and corruption with stable codes', () => {

@@ -22,11 +22,20 @@
 //       u32 P = meta pages in the pool, then P x 4096 bytes (1024 u32 words each)
 //       page list of MBM_P: u32 n, then n x u32 page ref
 //       u32 S = snapshots, then S x:
-//         u32 id, u8 method (1 save-volume, 2 meta-bitmap), u8 state (1 valid, 2 invalid), u16 tag length,
-//         tag (UTF-8), u64 blockCount, f64 createdAt, u64 meta granules, page list of MBM_i,
+//         u32 id, u8 method (1 save-volume, 2 meta-bitmap), u8 state (1 valid, 2 invalid), [v2: u8 flags],
+//         u16 tag length, tag (UTF-8), u64 blockCount, f64 createdAt, u64 meta granules, page list of MBM_i,
 //         u64 E = block-map entries, then E x (u64 block, u32 slot) in ascending block order
+//       version 2 only, after the snapshots:
+//       u32 nextRwId, u32 R = RW snapshots, then R x:
+//         u32 id, u32 base snapshot id, u64 blockCount, f64 createdAt, u16 tag length, tag,
+//         u64 meta granules, page list of MBMR, u64 E, then E x (u64 block, u32 slot) ascending
+//       u32 A = attributes, then A x (u16 key length, key, u32 value length, value) (UTF-8)
+//       u8 restoring (0/1); when 1: u8 source kind (1 snapshot, 2 RW), u32 source id, u8 order
+//         (1 old-then-new, 2 new-then-old), u32 restore point id, f64 createdAt, u8 keep, u16 tag length, tag,
+//         u64 total blocks, bit pages of RP (pending), bit pages of the first pass
 //   A page ref is an index into the meta page pool, 0xFFFFFFFF = all zero (absent), 0xFFFFFFFE = all one.
-//   Pages shared between bit maps are stored once.
+//   Pages shared between bit maps are stored once. Bit pages: u32 n, then n x (u32 page index, 1024 u32
+//   words), each page covering 32768 blocks; absent pages are all zero.
 //
 // Journal: a sequence of frames, each
 //   0   u32  magic 0x464A534C ("LSJF")   4  u16 version   6  u16 reserved
@@ -44,18 +53,39 @@
 //       6 snap-invalid  u32 snapId                              EC-5: the snapshot lost a before-image
 //       7 resize        u64 blockCount
 //       8 quota         f64 quotaSlots (-1 = unlimited)
+//   version 2 adds:
+//       9 snap-flags    u32 snapId, u8 flags                    SNAP_FLAG_* of snapshot-queue.ts
+//      10 rw-create     u32 rwId, u32 baseId, u64 blockCount, f64 createdAt, u16 tag length, tag
+//                       (MBMR := MBM_base as replayed up to this record)
+//      11 rw-map        u32 rwId, u64 block, u32 slot           MAPR[block] = slot (new data of an RW write)
+//      12 rw-meta-set   u32 rwId, u64 granule, u64 count        MBMR bits := 1
+//      13 rw-discard    u32 rwId, u64 granule, u64 count        MBMR bits := 0, MAPR entries of those blocks freed
+//      14 rw-delete     u32 rwId                                 OP-12
+//      15 rw-refresh    u32 rwId, u32 baseId                     OP-10: MAPR emptied, base := baseId, MBMR :=
+//                                                                MBM_base, size := max(size, N_base)
+//      16 rw-resize     u32 rwId, u64 blockCount
+//      17 restore-start u8 source kind, u32 source id, u8 order, u32 restore point id, f64 createdAt,
+//                       u8 keep, u16 tag length, tag            OP-13 steps 2-5 (MBM_P := MBM_X, Rp, RP := D)
+//      18 restore-done  u64 block, u64 count                    RP and first-pass bits := 0
+//      19 restore-first u64 block, u64 count                    first-pass bits := 0 (cl.14 old data placed)
+//      20 restore-end                                            the restore record is cleared
+//      21 attr          u16 key length, key, u32 value length, value   attribute := value ('' removes it)
+// Records of one frame are applied in order. rw-map, rw-meta-set, restore-done and restore-first are
+// deferred records (committed by flush() after the data they describe is durable; see committer.ts).
 // The journal file may be longer than its valid frames (it is preallocated and reused after checkpoints).
 // Replay applies frames of the checkpoint's generation with consecutive seq from 0 and stops at the first
 // frame that is short, fails its CRC, or carries another generation: that frame was never acknowledged.
 //
-// Version policy: readers accept exactly FORMAT_VERSION and fail with ENGINE_BAD_VERSION otherwise; a
-// format change bumps the version and adds an upgrade step here.
+// Version policy: writers write FORMAT_VERSION; readers accept MIN_READ_VERSION..FORMAT_VERSION (a version 1
+// checkpoint decodes with no flags, RW snapshots, attributes or restore record) and fail with
+// ENGINE_BAD_VERSION otherwise. The first checkpoint after opening rewrites the volume in the current format.
 
 import { corrupt, Reader, Writer } from './codec-io.js';
 import { crc32 } from './crc32.js';
 import { engineError } from './errors.js';
 
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
+export const MIN_READ_VERSION = 1;
 export const CHECKPOINT_MAGIC = 'LSNPCKPT';
 export const JOURNAL_MAGIC = 0x464a534c;
 export const CHECKPOINT_HEADER_BYTES = 32;
@@ -63,6 +93,9 @@ export const FRAME_HEADER_BYTES = 24;
 
 export type SnapshotMethod = 'save-volume' | 'meta-bitmap';
 export type SnapshotState = 'valid' | 'invalid';
+/** OP-13 copy order: cl.14/31 old data then new data, or cl.15/32 new data then old data for the rest. */
+export type RestoreOrder = 'old-then-new' | 'new-then-old';
+export type RestoreSourceKind = 'snapshot' | 'rw';
 
 export type JournalRecord =
   | { type: 'cow'; snapId: number; block: number; slot: number; sum: number }
@@ -72,7 +105,29 @@ export type JournalRecord =
   | { type: 'snap-delete'; snapId: number }
   | { type: 'snap-invalid'; snapId: number }
   | { type: 'resize'; blockCount: number }
-  | { type: 'quota'; quotaSlots: number | null };
+  | { type: 'quota'; quotaSlots: number | null }
+  | { type: 'snap-flags'; snapId: number; flags: number }
+  | { type: 'rw-create'; rwId: number; baseId: number; blockCount: number; createdAt: number; tag: string }
+  | { type: 'rw-map'; rwId: number; block: number; slot: number }
+  | { type: 'rw-meta-set'; rwId: number; granule: number; count: number }
+  | { type: 'rw-discard'; rwId: number; granule: number; count: number }
+  | { type: 'rw-delete'; rwId: number }
+  | { type: 'rw-refresh'; rwId: number; baseId: number }
+  | { type: 'rw-resize'; rwId: number; blockCount: number }
+  | {
+      type: 'restore-start';
+      sourceKind: RestoreSourceKind;
+      sourceId: number;
+      order: RestoreOrder;
+      rpId: number;
+      createdAt: number;
+      keep: boolean;
+      tag: string;
+    }
+  | { type: 'restore-done'; block: number; count: number }
+  | { type: 'restore-first'; block: number; count: number }
+  | { type: 'restore-end' }
+  | { type: 'attr'; key: string; value: string };
 
 export type MetaPages = readonly (Uint32Array | undefined)[];
 
@@ -80,6 +135,7 @@ export interface CheckpointSnapshot {
   id: number;
   method: SnapshotMethod;
   state: SnapshotState;
+  flags: number;
   tag: string;
   blockCount: number;
   createdAt: number;
@@ -90,6 +146,35 @@ export interface CheckpointSnapshot {
   entryCount: number;
   /** Decoded entries: (block lo, block hi, slot) triples. */
   entries?: Uint32Array;
+}
+
+export interface CheckpointRw {
+  id: number;
+  base: number;
+  blockCount: number;
+  createdAt: number;
+  tag: string;
+  metaGranules: number;
+  metaPages: MetaPages;
+  entryCount: number;
+  forEachEntry?: (fn: (block: number, slot: number) => void) => void;
+  entries?: Uint32Array;
+}
+
+/** A bit map over blocks as its non-zero pages of 1024 words (32768 blocks each). */
+export type BitPages = readonly { index: number; words: Uint32Array }[];
+
+export interface CheckpointRestore {
+  sourceKind: RestoreSourceKind;
+  sourceId: number;
+  order: RestoreOrder;
+  rpId: number;
+  createdAt: number;
+  keep: boolean;
+  tag: string;
+  totalBlocks: number;
+  pending: BitPages;
+  first: BitPages;
 }
 
 export interface CheckpointState {
@@ -103,10 +188,16 @@ export interface CheckpointState {
   createdAt: number;
   productionPages: MetaPages;
   snapshots: CheckpointSnapshot[];
+  nextRwId: number;
+  rws: CheckpointRw[];
+  attributes: [string, string][];
+  restore: CheckpointRestore | null;
 }
 
 export const METHOD_CODES: Record<SnapshotMethod, number> = { 'save-volume': 1, 'meta-bitmap': 2 };
 export const STATE_CODES: Record<SnapshotState, number> = { valid: 1, invalid: 2 };
+export const ORDER_CODES: Record<RestoreOrder, number> = { 'old-then-new': 1, 'new-then-old': 2 };
+export const SOURCE_CODES: Record<RestoreSourceKind, number> = { snapshot: 1, rw: 2 };
 const utf8 = new TextEncoder();
 const utf8d = new TextDecoder('utf-8', { fatal: true });
 
@@ -125,6 +216,30 @@ function recordBytes(r: JournalRecord): number {
     case 'resize':
     case 'quota':
       return 9;
+    case 'snap-flags':
+      return 6;
+    case 'rw-create':
+      return 27 + utf8.encode(r.tag).length;
+    case 'rw-map':
+      return 17;
+    case 'rw-meta-set':
+    case 'rw-discard':
+      return 21;
+    case 'rw-delete':
+      return 5;
+    case 'rw-refresh':
+      return 9;
+    case 'rw-resize':
+      return 13;
+    case 'restore-start':
+      return 22 + utf8.encode(r.tag).length;
+    case 'restore-done':
+    case 'restore-first':
+      return 17;
+    case 'restore-end':
+      return 1;
+    case 'attr':
+      return 7 + utf8.encode(r.key).length + utf8.encode(r.value).length;
   }
 }
 
@@ -200,6 +315,81 @@ function encodeRecord(w: Writer, r: JournalRecord): void {
       w.u8(8);
       w.f64(r.quotaSlots ?? -1);
       return;
+    case 'snap-flags':
+      w.u8(9);
+      w.u32(r.snapId);
+      w.u8(r.flags);
+      return;
+    case 'rw-create': {
+      const tag = utf8.encode(r.tag);
+      w.u8(10);
+      w.u32(r.rwId);
+      w.u32(r.baseId);
+      w.u64(r.blockCount);
+      w.f64(r.createdAt);
+      w.u16(tag.length);
+      w.raw(tag);
+      return;
+    }
+    case 'rw-map':
+      w.u8(11);
+      w.u32(r.rwId);
+      w.u64(r.block);
+      w.u32(r.slot);
+      return;
+    case 'rw-meta-set':
+    case 'rw-discard':
+      w.u8(r.type === 'rw-meta-set' ? 12 : 13);
+      w.u32(r.rwId);
+      w.u64(r.granule);
+      w.u64(r.count);
+      return;
+    case 'rw-delete':
+      w.u8(14);
+      w.u32(r.rwId);
+      return;
+    case 'rw-refresh':
+      w.u8(15);
+      w.u32(r.rwId);
+      w.u32(r.baseId);
+      return;
+    case 'rw-resize':
+      w.u8(16);
+      w.u32(r.rwId);
+      w.u64(r.blockCount);
+      return;
+    case 'restore-start': {
+      const tag = utf8.encode(r.tag);
+      w.u8(17);
+      w.u8(SOURCE_CODES[r.sourceKind]);
+      w.u32(r.sourceId);
+      w.u8(ORDER_CODES[r.order]);
+      w.u32(r.rpId);
+      w.f64(r.createdAt);
+      w.u8(r.keep ? 1 : 0);
+      w.u16(tag.length);
+      w.raw(tag);
+      return;
+    }
+    case 'restore-done':
+    case 'restore-first':
+      w.u8(r.type === 'restore-done' ? 18 : 19);
+      w.u64(r.block);
+      w.u64(r.count);
+      return;
+    case 'restore-end':
+      w.u8(20);
+      return;
+    case 'attr': {
+      const key = utf8.encode(r.key);
+      const value = utf8.encode(r.value);
+      w.u8(21);
+      w.u16(key.length);
+      w.raw(key);
+      w.u32(value.length);
+      w.raw(value);
+      return;
+    }
   }
 }
 
@@ -224,7 +414,7 @@ export function decodeJournal(journal: Uint8Array, gen: number): DecodedJournal 
     if (end > journal.length) break;
     const crc = crc32(journal.subarray(pos + FRAME_HEADER_BYTES, end), crc32(journal.subarray(pos, pos + 20)));
     if (crc !== view.getUint32(pos + 20, true)) break;
-    if (version !== FORMAT_VERSION) {
+    if (version < MIN_READ_VERSION || version > FORMAT_VERSION) {
       throw engineError('ENGINE_BAD_VERSION', `journal frame has format version ${version}`, {
         version,
         supported: FORMAT_VERSION,
@@ -268,6 +458,56 @@ function decodeRecords(r: Reader): JournalRecord[] {
         out.push({ type: 'quota', quotaSlots: q < 0 ? null : q });
         break;
       }
+      case 9:
+        out.push({ type: 'snap-flags', snapId: r.u32(), flags: r.u8() });
+        break;
+      case 10: {
+        const rwId = r.u32();
+        const baseId = r.u32();
+        const blockCount = r.u64();
+        const createdAt = r.f64();
+        out.push({ type: 'rw-create', rwId, baseId, blockCount, createdAt, tag: decodeTag(r.raw(r.u16())) });
+        break;
+      }
+      case 11:
+        out.push({ type: 'rw-map', rwId: r.u32(), block: r.u64(), slot: r.u32() });
+        break;
+      case 12:
+      case 13:
+        out.push({ type: type === 12 ? 'rw-meta-set' : 'rw-discard', rwId: r.u32(), granule: r.u64(), count: r.u64() });
+        break;
+      case 14:
+        out.push({ type: 'rw-delete', rwId: r.u32() });
+        break;
+      case 15:
+        out.push({ type: 'rw-refresh', rwId: r.u32(), baseId: r.u32() });
+        break;
+      case 16:
+        out.push({ type: 'rw-resize', rwId: r.u32(), blockCount: r.u64() });
+        break;
+      case 17: {
+        const sourceKind = decodeSourceKind(r.u8());
+        const sourceId = r.u32();
+        const order = decodeOrder(r.u8());
+        const rpId = r.u32();
+        const createdAt = r.f64();
+        const keep = r.u8() === 1;
+        const tag = decodeTag(r.raw(r.u16()));
+        out.push({ type: 'restore-start', sourceKind, sourceId, order, rpId, createdAt, keep, tag });
+        break;
+      }
+      case 18:
+      case 19:
+        out.push({ type: type === 18 ? 'restore-done' : 'restore-first', block: r.u64(), count: r.u64() });
+        break;
+      case 20:
+        out.push({ type: 'restore-end' });
+        break;
+      case 21: {
+        const key = decodeTag(r.raw(r.u16()));
+        out.push({ type: 'attr', key, value: decodeTag(r.raw(r.u32())) });
+        break;
+      }
       default:
         throw corrupt(`unknown journal record type ${type}`);
     }
@@ -279,6 +519,18 @@ export function decodeMethod(code: number): SnapshotMethod {
   if (code === 1) return 'save-volume';
   if (code === 2) return 'meta-bitmap';
   throw corrupt(`unknown snapshot method code ${code}`);
+}
+
+export function decodeOrder(code: number): RestoreOrder {
+  if (code === 1) return 'old-then-new';
+  if (code === 2) return 'new-then-old';
+  throw corrupt(`unknown restore order code ${code}`);
+}
+
+export function decodeSourceKind(code: number): RestoreSourceKind {
+  if (code === 1) return 'snapshot';
+  if (code === 2) return 'rw';
+  throw corrupt(`unknown restore source kind ${code}`);
 }
 
 export function decodeTag(bytes: Uint8Array): string {

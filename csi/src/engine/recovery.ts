@@ -15,6 +15,9 @@ import { EngineError, engineError } from './errors.js';
 import { type CheckpointState, blockChecksum, decodeJournal, type JournalRecord } from './layout.js';
 import { FrozenMeta, FULL_META_PAGE, META_PAGE_WORDS } from './meta-bitmap.js';
 import { allOnes, allZero } from './bits.js';
+import { beginRestore, loadRestore, markDone, markFirstDone, toBitPages } from './restore-state.js';
+import { newRwEntry, refreshRwEntry } from './rw-ops.js';
+import { RwMeta } from './rw-snapshot.js';
 import type { SnapshotEntry } from './snapshot-queue.js';
 import { VolumeCore } from './volume-core.js';
 
@@ -40,6 +43,7 @@ export function checkpointOf(core: VolumeCore, gen: number): CheckpointState {
       id: e.id,
       method: e.method,
       state: e.state,
+      flags: e.flags,
       tag: e.tag,
       blockCount: e.blockCount,
       createdAt: e.createdAt,
@@ -48,6 +52,34 @@ export function checkpointOf(core: VolumeCore, gen: number): CheckpointState {
       entryCount: e.map.size,
       forEachEntry: (fn) => e.map.forEach(fn),
     })),
+    nextRwId: core.nextRwId,
+    rws: [...core.rws.values()].map((rw) => ({
+      id: rw.id,
+      base: rw.base,
+      blockCount: rw.blockCount,
+      createdAt: rw.createdAt,
+      tag: rw.tag,
+      metaGranules: rw.meta.granules,
+      metaPages: rw.meta.pages,
+      entryCount: rw.map.size,
+      forEachEntry: (fn) => rw.map.forEach(fn),
+    })),
+    attributes: [...core.attributes.entries()],
+    restore:
+      core.restore === null
+        ? null
+        : {
+            sourceKind: core.restore.sourceKind,
+            sourceId: core.restore.sourceId,
+            order: core.restore.order,
+            rpId: core.restore.rpId,
+            createdAt: core.restore.createdAt,
+            keep: core.restore.keep,
+            tag: core.restore.tag,
+            totalBlocks: core.restore.totalBlocks,
+            pending: toBitPages(core.restore.pending),
+            first: toBitPages(core.restore.first),
+          },
   };
 }
 
@@ -84,15 +116,7 @@ export async function loadCore(
     core.meta.loadPage(pi, page);
   });
   for (const s of cp.snapshots) {
-    const map = new BlockMap(alloc);
-    const entries = s.entries ?? new Uint32Array(0);
-    let last = -1;
-    for (let i = 0; i < s.entryCount; i++) {
-      const block = entries[i * 3 + 1]! * TWO32 + entries[i * 3]!;
-      if (block <= last || block >= s.blockCount) throw corrupt('snapshot block map is not ascending', { id: s.id });
-      map.set(block, entries[i * 3 + 2]!);
-      last = block;
-    }
+    const map = loadMap(alloc, s.entries, s.entryCount, s.blockCount, `snapshot ${s.id}`);
     const entry: SnapshotEntry = {
       id: s.id,
       method: s.method,
@@ -103,10 +127,29 @@ export async function loadCore(
       meta: new FrozenMeta(cp.granuleShift, s.metaGranules, s.metaPages.map(checkPage)),
       map,
       pins: 0,
+      flags: s.flags,
     };
     if (s.id >= core.nextSnapId) throw corrupt('snapshot id not below nextSnapId', { id: s.id });
     core.queue.append(entry);
   }
+  core.nextRwId = cp.nextRwId;
+  for (const r of cp.rws) {
+    if (r.id >= core.nextRwId) throw corrupt('RW snapshot id not below nextRwId', { id: r.id });
+    if (core.queue.find(r.base) === undefined) throw corrupt('RW snapshot base is missing', { id: r.id, base: r.base });
+    core.rws.set(r.id, {
+      id: r.id,
+      base: r.base,
+      blockCount: r.blockCount,
+      createdAt: r.createdAt,
+      tag: r.tag,
+      map: loadMap(alloc, r.entries, r.entryCount, r.blockCount, `RW snapshot ${r.id}`),
+      meta: RwMeta.load(cp.granuleShift, r.metaGranules, r.metaPages.map(checkPage), alloc),
+      pins: 0,
+      busy: new Map(),
+    });
+  }
+  for (const [k, v] of cp.attributes) core.attributes.set(k, v);
+  if (cp.restore !== null) core.setRestore(loadRestore(core, cp.restore));
   core.freezer.seed(core.queue.tail?.meta ?? null);
   const journal = decodeJournal(loaded.journal, cp.gen);
   devices.meta.setJournalEnd(journal.validBytes);
@@ -158,6 +201,25 @@ function newestCheckpoint(candidates: Uint8Array[]): CheckpointState {
   return decodeCheckpoint(best.bytes);
 }
 
+function loadMap(
+  alloc: WordAllocator,
+  entries: Uint32Array | undefined,
+  count: number,
+  blockCount: number,
+  what: string,
+): BlockMap {
+  const map = new BlockMap(alloc);
+  const e = entries ?? new Uint32Array(0);
+  let last = -1;
+  for (let i = 0; i < count; i++) {
+    const block = e[i * 3 + 1]! * TWO32 + e[i * 3]!;
+    if (block <= last || block >= blockCount) throw corrupt(`${what}: block map is not ascending`);
+    map.set(block, e[i * 3 + 2]!);
+    last = block;
+  }
+  return map;
+}
+
 function checkPage(page: Uint32Array | undefined): Uint32Array | undefined {
   if (page !== undefined && page.length !== META_PAGE_WORDS) throw corrupt('meta page has a wrong size');
   return page;
@@ -192,6 +254,7 @@ export function applyRecord(core: VolumeCore, r: JournalRecord): void {
         meta: core.freezer.freeze(core.meta),
         map: new BlockMap(core.alloc),
         pins: 0,
+        flags: 0,
       });
       core.nextSnapId = Math.max(core.nextSnapId, r.snapId + 1);
       return;
@@ -213,17 +276,89 @@ export function applyRecord(core: VolumeCore, r: JournalRecord): void {
     case 'quota':
       core.pool.setQuota(r.quotaSlots);
       return;
+    case 'snap-flags': {
+      const e = core.queue.find(r.snapId);
+      if (e === undefined) throw corrupt('flags of an unknown snapshot', { ...r });
+      e.flags = r.flags;
+      return;
+    }
+    case 'rw-create': {
+      const base = core.queue.find(r.baseId);
+      if (base === undefined || core.rws.has(r.rwId)) throw corrupt('RW snapshot record conflicts', { ...r });
+      core.rws.set(r.rwId, newRwEntry(core, r.rwId, base, r.blockCount, r.createdAt, r.tag));
+      core.nextRwId = Math.max(core.nextRwId, r.rwId + 1);
+      return;
+    }
+    case 'rw-map': {
+      const rw = rwOf(core, r.rwId, r);
+      if (r.block >= rw.blockCount || rw.map.has(r.block)) throw corrupt('rw-map record conflicts', { ...r });
+      rw.map.set(r.block, r.slot);
+      return;
+    }
+    case 'rw-meta-set':
+      rwOf(core, r.rwId, r).meta.setRange(r.granule, r.granule + r.count);
+      return;
+    case 'rw-discard': {
+      const rw = rwOf(core, r.rwId, r);
+      const g = core.granuleBlocks;
+      rw.meta.clearRange(r.granule, r.granule + r.count);
+      rw.map.removeRange(r.granule * g, Math.min((r.granule + r.count) * g, rw.blockCount), () => {});
+      return;
+    }
+    case 'rw-delete':
+      rwOf(core, r.rwId, r);
+      core.rws.delete(r.rwId);
+      return;
+    case 'rw-refresh': {
+      const base = core.queue.find(r.baseId);
+      if (base === undefined) throw corrupt('refresh onto an unknown snapshot', { ...r });
+      refreshRwEntry(core, rwOf(core, r.rwId, r), base, () => {});
+      return;
+    }
+    case 'rw-resize': {
+      const rw = rwOf(core, r.rwId, r);
+      if (r.blockCount < rw.blockCount) throw corrupt('rw-resize shrinks', { ...r });
+      rw.blockCount = r.blockCount;
+      rw.meta.grow(core.granulesFor(r.blockCount));
+      return;
+    }
+    case 'restore-start':
+      if (core.restore !== null) throw corrupt('restore started twice', { ...r });
+      beginRestore(core, r);
+      return;
+    case 'restore-done':
+    case 'restore-first': {
+      const rs = core.restore;
+      if (rs === null) throw corrupt(`${r.type} without a restore`, { ...r });
+      if (r.type === 'restore-done') markDone(rs, r.block, r.count);
+      else markFirstDone(rs, r.block, r.count);
+      return;
+    }
+    case 'restore-end':
+      if (core.restore === null) throw corrupt('restore-end without a restore');
+      core.setRestore(null);
+      return;
+    case 'attr':
+      if (r.value === '') core.attributes.delete(r.key);
+      else core.attributes.set(r.key, r.value);
+      return;
   }
+}
+
+function rwOf(core: VolumeCore, id: number, r: JournalRecord) {
+  const rw = core.rws.get(id);
+  if (rw === undefined) throw corrupt(`${r.type} of an unknown RW snapshot`, { ...r });
+  return rw;
 }
 
 function rebuildPool(core: VolumeCore, poolSlots: number): void {
   let maxSlot = -1;
-  for (const e of core.queue.entries) {
-    e.map.forEach((b, slot) => {
-      if (!core.pool.markReferenced(slot)) throw corrupt('save slot referenced twice', { slot, block: b, id: e.id });
-      if (slot > maxSlot) maxSlot = slot;
-    });
-  }
+  const mark = (what: string, id: number) => (b: number, slot: number) => {
+    if (!core.pool.markReferenced(slot)) throw corrupt('save slot referenced twice', { slot, block: b, [what]: id });
+    if (slot > maxSlot) maxSlot = slot;
+  };
+  for (const e of core.queue.entries) e.map.forEach(mark('id', e.id));
+  for (const rw of core.rws.values()) rw.map.forEach(mark('rwId', rw.id));
   if (maxSlot >= core.save.blockCount()) {
     throw corrupt('a referenced save slot lies past the end of the save pool', {
       slot: maxSlot,

@@ -23,9 +23,19 @@ export interface SnapshotEntry {
   readonly meta: FrozenMeta;
   /** BM_i and MAP_i. */
   readonly map: BlockMap;
-  /** Readers or dependants that forbid deletion (EC-8). */
+  /** In-memory pins (readers, copy jobs) that forbid deletion (EC-8); persistent dependants are derived. */
   pins: number;
+  /** SNAP_FLAG_* bits (persisted). */
+  flags: number;
 }
+
+/** Internal snapshot (restore point, base of a clone of the live volume, copy source): not user-visible. */
+export const SNAP_FLAG_HIDDEN = 1;
+/** Delete by OP-11 as soon as nothing depends on it (deferred deletion, EC-8). */
+export const SNAP_FLAG_AUTO_DELETE = 2;
+/** Restore point of a running in-place restore: not readable until the restore completes (OP-13). */
+export const SNAP_FLAG_RESTORING = 4;
+export const SNAP_FLAGS_ALL = 7;
 
 export class SnapshotQueue {
   private list: SnapshotEntry[] = [];
@@ -71,10 +81,10 @@ export class SnapshotQueue {
   /**
    * OP-2/OP-3: whether a production write of block `b` must first save the clone's before-image into the
    * tail. Walks tail -> head: an entry holding b (BM = 1) ends the walk (older readers stop there); the first
-   * entry for which b is valid needs the save.
+   * entry for which b is valid needs the save. `fromPos` starts the walk lower (OP-13's pre-restore tail T0).
    */
-  cowNeeded(b: number, granuleShift: number): boolean {
-    for (let i = this.list.length - 1; i >= 0; i--) {
+  cowNeeded(b: number, granuleShift: number, fromPos = this.list.length - 1): boolean {
+    for (let i = fromPos; i >= 0; i--) {
       const e = this.list[i]!;
       if (e.map.has(b)) return false;
       if (validForCow(e, b, granuleShift)) return true;
@@ -83,9 +93,9 @@ export class SnapshotQueue {
   }
 
   /** EC-5: every valid entry whose reads of `b` reach the clone (those that lose b if no save is made). */
-  needyEntries(b: number, granuleShift: number): SnapshotEntry[] {
+  needyEntries(b: number, granuleShift: number, fromPos = this.list.length - 1): SnapshotEntry[] {
     const out: SnapshotEntry[] = [];
-    for (let i = this.list.length - 1; i >= 0; i--) {
+    for (let i = fromPos; i >= 0; i--) {
       const e = this.list[i]!;
       if (e.map.has(b)) break;
       if (validForCow(e, b, granuleShift)) out.push(e);

@@ -6,8 +6,11 @@ import type { BlockDevice, MetaStore } from './block-device.js';
 import { type WordAllocator } from './bits.js';
 import { Committer } from './committer.js';
 import { MetaFreezer, ProductionMeta } from './meta-bitmap.js';
+import { ReadEpochs } from './read-epochs.js';
+import type { RestoreState } from './restore-state.js';
+import type { RwEntry } from './rw-snapshot.js';
 import { SavePool } from './save-pool.js';
-import { CONTROL_WORDS, CTL_GENERATION } from './shared-state.js';
+import { CONTROL_WORDS, CTL_FLAGS, CTL_GENERATION, FLAG_READS_VIA_ENGINE } from './shared-state.js';
 import { SnapshotQueue } from './snapshot-queue.js';
 
 export interface VolumeGeometry {
@@ -23,6 +26,8 @@ export interface VolumeCounters {
   /** Snapshots invalidated by save-pool exhaustion (EC-5). */
   invalidations: number;
   checkpoints: number;
+  /** Blocks placed by the in-place restore (background copier and restore-before-write). */
+  restoredBlocks: number;
 }
 
 export class VolumeCore {
@@ -34,11 +39,20 @@ export class VolumeCore {
   readonly freezer: MetaFreezer;
   readonly busy = new Map<number, Promise<void>>();
   readonly control: Int32Array;
-  readonly counters: VolumeCounters = { cowCopies: 0, invalidations: 0, checkpoints: 0 };
+  readonly counters: VolumeCounters = { cowCopies: 0, invalidations: 0, checkpoints: 0, restoredBlocks: 0 };
+  /** RW snapshots by id (spec §3.11). */
+  readonly rws = new Map<number, RwEntry>();
+  /** Small persisted key/value pairs (e.g. the cursor of a copy job filling this volume). */
+  readonly attributes = new Map<string, string>();
+  /** Snapshot and RW reads (and production reads during a restore) in flight; see read-epochs.ts. */
+  readonly epochs = new ReadEpochs();
   meta: ProductionMeta;
   settled: Uint32Array;
   pool: SavePool;
   nextSnapId = 1;
+  nextRwId = 1;
+  /** The restore record (spec §3.12) while an in-place restore runs. */
+  restore: RestoreState | null = null;
   committer!: Committer;
   failure: unknown = null;
 
@@ -102,6 +116,20 @@ export class VolumeCore {
   /** OP-1: a new tail means every block must be checked again. Runs with the gate closed. */
   resetSettled(): void {
     this.settled.fill(0);
+  }
+
+  /** Sets or clears the restore record; while set, data-path workers send production reads to the engine. */
+  setRestore(rs: RestoreState | null): void {
+    this.restore = rs;
+    if (rs === null) Atomics.and(this.control, CTL_FLAGS, ~FLAG_READS_VIA_ENGINE);
+    else Atomics.or(this.control, CTL_FLAGS, FLAG_READS_VIA_ENGINE);
+  }
+
+  /** RW snapshots based on snapshot `id`. */
+  rwChildren(id: number): RwEntry[] {
+    const out: RwEntry[] = [];
+    for (const rw of this.rws.values()) if (rw.base === id) out.push(rw);
+    return out;
   }
 
   /** EC-7: grows the production meta bit map and the settled map; bumps the shared generation. */

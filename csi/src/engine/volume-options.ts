@@ -4,7 +4,7 @@
 import type { BlockDevice, MetaStore } from './block-device.js';
 import { heapWords, sharedWords, type WordAllocator } from './bits.js';
 import { engineError } from './errors.js';
-import type { SnapshotMethod, SnapshotState } from './layout.js';
+import type { RestoreOrder, RestoreSourceKind, SnapshotMethod, SnapshotState } from './layout.js';
 
 export const BLOCK_SIZE_DEFAULT_BYTES = 4096;
 export const MAX_SNAPSHOTS_DEFAULT = 256;
@@ -41,7 +41,7 @@ export interface CreateVolumeOptions extends VolumeRuntimeOptions {
   saveQuotaBytes?: number | null;
 }
 
-export type ViewRef = { kind: 'live' } | { kind: 'snapshot'; id: number };
+export type ViewRef = { kind: 'live' } | { kind: 'snapshot'; id: number } | { kind: 'rw'; id: number };
 
 export interface SnapshotInfo {
   id: number;
@@ -52,7 +52,81 @@ export interface SnapshotInfo {
   sizeBytes: number;
   /** Before-images this entry holds in the save pool. */
   savedBlocks: number;
+  /** In-memory pins (readers, copy jobs). */
   pins: number;
+  /** Internal snapshot (restore point, base of a clone of the live volume, deferred deletion). */
+  hidden: boolean;
+  /** Deleted as soon as nothing depends on it (EC-8 deferred deletion). */
+  autoDelete: boolean;
+  /** Restore point of the running in-place restore (not readable until it completes). */
+  restoring: boolean;
+  /** RW snapshots based on it. */
+  rwChildren: number[];
+}
+
+export interface RwInfo {
+  id: number;
+  /** The RO snapshot it is based on (changes on refresh). */
+  baseId: number;
+  /** Identity kept across refreshes. */
+  tag: string;
+  createdAt: number;
+  sizeBytes: number;
+  /** Blocks of new data it holds in the save pool. */
+  savedBlocks: number;
+  pins: number;
+  /** False when its base lost data (EC-5): reads and writes fail, it can only be deleted or refreshed. */
+  valid: boolean;
+}
+
+export interface CreateRwOptions {
+  /** Identity of the RW snapshot (e.g. a CSI volume id); kept across refreshes. */
+  tag?: string;
+  /** Size; at least the base's (default: the base's size). */
+  sizeBytes?: number;
+}
+
+export interface CloneLiveOptions extends CreateRwOptions {
+  /** Method of the hidden base snapshot; default meta-bitmap. */
+  method?: SnapshotMethod;
+}
+
+/** OP-10 target: an existing RO snapshot, or (default) a new snapshot of the live volume. */
+export interface RefreshOptions {
+  snapshotId?: number;
+  /** Method of the new base snapshot; default meta-bitmap. */
+  method?: SnapshotMethod;
+}
+
+export interface RestoreOptions {
+  source: { kind: RestoreSourceKind; id: number };
+  /** OP-13 copy order (cl.14 or cl.15); default new-then-old (each block is written once). */
+  order?: RestoreOrder;
+  /** Keep the restore point (the volume's content at the restore instant = the source) as a snapshot. */
+  keepRestorePoint?: boolean;
+  /** Tag of the kept restore point. */
+  tag?: string;
+}
+
+export interface RestoreStatus {
+  source: { kind: RestoreSourceKind; id: number };
+  order: RestoreOrder;
+  /** Id of the restore point snapshot (Rp); a normal snapshot after completion when kept. */
+  restorePointId: number;
+  keepRestorePoint: boolean;
+  tag: string;
+  startedAt: number;
+  totalBlocks: number;
+  doneBlocks: number;
+  totalBytes: number;
+  doneBytes: number;
+  /** The pass of the copy order the copier is in. */
+  pass: 'first' | 'second';
+}
+
+export interface DeleteSnapshotOptions {
+  /** When something depends on the snapshot, defer the deletion until the last dependant goes (EC-8). */
+  whenUnpinned?: boolean;
 }
 
 /** Byte extent, ascending and non-overlapping in every result. */
@@ -81,6 +155,9 @@ export interface VolumeStats {
   snapshotsInvalidatedTotal: number;
   journalBytes: number;
   checkpointsTotal: number;
+  rwSnapshotCount: number;
+  /** Blocks placed by in-place restores since the volume was opened. */
+  restoredBlocksTotal: number;
   /** Resident metadata of the volume itself (meta bit map, settled map, allocator). */
   volumeMetadataBytes: number;
   /** Resident metadata of all snapshots (bit/block maps, frozen meta pages counted once). */

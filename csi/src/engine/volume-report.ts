@@ -3,8 +3,10 @@
 
 import type { BlockExtent } from './differential.js';
 import { engineError } from './errors.js';
-import type { SnapshotEntry } from './snapshot-queue.js';
-import type { Extent, ExtentOptions, SnapshotInfo, VolumeStats } from './volume-options.js';
+import type { RestoreState } from './restore-state.js';
+import type { RwEntry } from './rw-snapshot.js';
+import { SNAP_FLAG_AUTO_DELETE, SNAP_FLAG_HIDDEN, SNAP_FLAG_RESTORING, type SnapshotEntry } from './snapshot-queue.js';
+import type { Extent, ExtentOptions, RestoreStatus, RwInfo, SnapshotInfo, VolumeStats } from './volume-options.js';
 import type { VolumeCore } from './volume-core.js';
 
 export function volumeStats(core: VolumeCore): VolumeStats {
@@ -14,6 +16,10 @@ export function volumeStats(core: VolumeCore): VolumeStats {
   for (const e of core.queue.entries) {
     snapshotBytes += e.map.residentBytes() + 128 + e.meta.pages.length * 8;
     for (const p of e.meta.ownPages()) pages.add(p);
+  }
+  for (const rw of core.rws.values()) {
+    snapshotBytes += rw.map.residentBytes() + 128 + rw.meta.pages.length * 8;
+    for (const p of rw.meta.ownPages()) pages.add(p);
   }
   for (const p of pages) snapshotBytes += p.byteLength;
   return {
@@ -30,21 +36,58 @@ export function volumeStats(core: VolumeCore): VolumeStats {
     snapshotsInvalidatedTotal: core.counters.invalidations,
     journalBytes: core.metaStore.journalBytes(),
     checkpointsTotal: core.counters.checkpoints,
+    rwSnapshotCount: core.rws.size,
+    restoredBlocksTotal: core.counters.restoredBlocks,
     volumeMetadataBytes: core.meta.residentBytes() + core.settled.byteLength + core.pool.residentBytes(),
     snapshotMetadataBytes: snapshotBytes,
   };
 }
 
-export function snapshotInfo(e: SnapshotEntry, blockSize: number): SnapshotInfo {
+export function snapshotInfo(core: VolumeCore, e: SnapshotEntry): SnapshotInfo {
   return {
     id: e.id,
     method: e.method,
     state: e.state,
     tag: e.tag,
     createdAt: e.createdAt,
-    sizeBytes: e.blockCount * blockSize,
+    sizeBytes: e.blockCount * core.blockSize,
     savedBlocks: e.map.size,
     pins: e.pins,
+    hidden: (e.flags & SNAP_FLAG_HIDDEN) !== 0,
+    autoDelete: (e.flags & SNAP_FLAG_AUTO_DELETE) !== 0,
+    restoring: (e.flags & SNAP_FLAG_RESTORING) !== 0,
+    rwChildren: core.rwChildren(e.id).map((rw) => rw.id),
+  };
+}
+
+export function rwInfo(core: VolumeCore, rw: RwEntry): RwInfo {
+  return {
+    id: rw.id,
+    baseId: rw.base,
+    tag: rw.tag,
+    createdAt: rw.createdAt,
+    sizeBytes: rw.blockCount * core.blockSize,
+    savedBlocks: rw.map.size,
+    pins: rw.pins,
+    valid: core.queue.find(rw.base)?.state === 'valid',
+  };
+}
+
+export function restoreStatus(core: VolumeCore, rs: RestoreState): RestoreStatus {
+  const bs = core.blockSize;
+  const done = rs.totalBlocks - rs.pendingCount;
+  return {
+    source: { kind: rs.sourceKind, id: rs.sourceId },
+    order: rs.order,
+    restorePointId: rs.rpId,
+    keepRestorePoint: rs.keep,
+    tag: rs.tag,
+    startedAt: rs.createdAt,
+    totalBlocks: rs.totalBlocks,
+    doneBlocks: done,
+    totalBytes: rs.totalBlocks * bs,
+    doneBytes: done * bs,
+    pass: rs.firstCount > 0 ? 'first' : 'second',
   };
 }
 

@@ -11,9 +11,14 @@
 //      zeros when the granule is invalid (EC-4); blocks of an invalid granule outside the write are zeroed;
 //   4. barrier: the save data and the records are durable before the clone is touched (EC-1);
 //   5. clone write; then MBM_P := valid for the touched granules (a deferred record) and settled := 1.
+// During an in-place restore, step 2 for a block still pending is restore-before-write (restore-path.ts):
+// T0 keeps the pre-restore data, Rp receives the restored value X(b) as its before-image, and a partial
+// write merges onto X(b); after the clone write RP[b] := 0.
 
+import { testBit } from './bits.js';
 import { isEngineError } from './errors.js';
 import { blockChecksum } from './layout.js';
+import { finishWrite, restoreForWrite } from './restore-path.js';
 import type { VolumeCore } from './volume-core.js';
 
 interface BlockContent {
@@ -145,10 +150,16 @@ async function writeSlow(
   const out: BlockContent[] = [];
   let needBarrier = false;
   let zero: Uint8Array | null = null;
+  const rs = core.restore;
+  const restored: number[] = [];
   for (const b of affected) {
     const granuleValid = core.meta.test(core.granuleOf(b));
     let old: Uint8Array | null = null;
-    if (core.queue.length > 0 && core.queue.cowNeeded(b, shift)) {
+    if (rs !== null && testBit(rs.pending, b)) {
+      old = await restoreForWrite(core, rs, b);
+      restored.push(b);
+      needBarrier = true;
+    } else if (core.queue.length > 0 && core.queue.cowNeeded(b, shift)) {
       old = await saveBeforeImage(core, b);
       needBarrier = true;
     }
@@ -176,6 +187,7 @@ async function writeSlow(
   }
   if (needBarrier) await core.committer.barrier();
   await writeContents(core, out);
+  if (rs !== null && restored.length > 0) finishWrite(core, rs, restored);
   const g0 = core.granuleOf(affected[0]!);
   const g1 = core.granuleOf(affected[affected.length - 1]!) + 1;
   if (core.meta.setRange(g0, g1)) core.committer.defer({ type: 'meta-set', granule: g0, count: g1 - g0 });

@@ -27,22 +27,48 @@ export async function checkVolume(vol: SnapshotVolume, model: VolumeModel, optio
     const s = model.find(info.id);
     if (info.state === 'invalid') s.invalid = true;
     savedTotal += info.savedBlocks;
+    // EC-8 flags as the model predicts them (deferred deletion, restore point).
+    if (info.autoDelete !== (s.autoDelete === true) || info.restoring !== (s.restoring === true)) {
+      throw new Error(`snapshot ${info.id} flags autoDelete=${info.autoDelete} restoring=${info.restoring} differ`);
+    }
+    if (info.hidden !== (s.hidden === true) && !(info.hidden && s.autoDelete === true)) {
+      throw new Error(`snapshot ${info.id} hidden=${info.hidden} differs from the model`);
+    }
     // INV-5: at most one save per block per tail period (merged periods included).
     if (info.savedBlocks > s.periodWrites.size) {
       throw new Error(`INV-5 snapshot ${info.id} holds ${info.savedBlocks} saves for ${s.periodWrites.size} writes`);
     }
-    if (s.invalid) continue;
+    if (s.invalid || s.restoring === true) continue;
     // INV-1: snapshot immutability.
     assertSame(`snapshot ${info.id}`, await vol.readSnapshot(info.id, 0, info.sizeBytes), model.contentOf(s), bs);
+  }
+  // INV-3: every RW snapshot reads its own writes over its base, unaffected by every other view.
+  const rws = vol.listRws();
+  const rwIds = rws.map((r) => r.id).join(',');
+  const wantRw = [...model.rws.keys()].sort((a, b) => a - b).join(',');
+  if (rwIds !== wantRw) throw new Error(`RW snapshots ${rwIds} != model ${wantRw}`);
+  for (const info of rws) {
+    const m = model.rw(info.id);
+    savedTotal += info.savedBlocks;
+    if (info.baseId !== m.base || info.sizeBytes !== m.blockCount * bs || info.tag !== m.tag) {
+      throw new Error(`RW snapshot ${info.id} is ${JSON.stringify(info)}, model base ${m.base} size ${m.blockCount}`);
+    }
+    if (!info.valid) continue;
+    assertSame(`RW snapshot ${info.id}`, await vol.readRw(info.id, 0, info.sizeBytes), model.rwContent(info.id), bs);
+  }
+  if ((vol.restoreStatus() !== null) !== (model.restore !== null)) {
+    throw new Error(`restore running: engine ${vol.restoreStatus() !== null}, model ${model.restore !== null}`);
   }
   // INV-7: save accounting.
   const stats = vol.stats();
   if (stats.savePoolUsedBytes !== savedTotal * bs) {
     throw new Error(`INV-7 pool uses ${stats.savePoolUsedBytes} bytes for ${savedTotal} saved blocks`);
   }
-  if (infos.length === 0 && stats.savePoolUsedBytes !== 0) throw new Error('INV-7 pool not empty without snapshots');
+  if (infos.length === 0 && rws.length === 0 && stats.savePoolUsedBytes !== 0) {
+    throw new Error('INV-7 pool not empty without snapshots');
+  }
   if (options.differentials === false) return;
-  const live = model.snapshots.filter((s) => !s.invalid);
+  const live = model.snapshots.filter((s) => !s.invalid && s.restoring !== true);
   for (let i = 0; i < live.length; i++) {
     const l = live[i]!;
     checkAllocated(vol, model, l);
