@@ -13,6 +13,7 @@
 // Rp's slot, Rp being the tail (the seed's "new save volume as indicated by the new bitmap"), and lets the
 // write overwrite the clone behind the same barrier: one barrier, and Rp = X for that block.
 
+import { clearBit, testBit } from './bits.js';
 import { engineError, isEngineError } from './errors.js';
 import { blockChecksum, type RestoreOrder, type RestoreSourceKind } from './layout.js';
 import { finalValueOf, type Located, oldValueOf, readBlocks } from './read-path.js';
@@ -183,8 +184,10 @@ async function claim(core: VolumeCore, blocks: readonly number[]): Promise<() =>
 
 /**
  * Before the RW snapshot that is the restore source overwrites or discards blocks: places the pending ones
- * (so X stays what it was at the restore instant), then waits for production reads that may still read
- * them from the RW snapshot's slots.
+ * (so X stays what it was at the restore instant); when a block's X lives in the source's own slot and its
+ * RP clear may not be durable yet (placed here or earlier by the copier), flushes first: a crash between the
+ * slot's change and the clear would replay a pending block whose X is gone. Then waits for production reads
+ * that may still read the old slot.
  */
 export async function restoreBeforeSourceChange(
   core: VolumeCore,
@@ -193,20 +196,26 @@ export async function restoreBeforeSourceChange(
 ): Promise<void> {
   const rs = core.restore;
   if (rs === null || rs.sourceKind !== 'rw' || rs.sourceId !== rwId) return;
-  const pending = blocks().filter((b) => isPending(rs, b));
-  if (pending.length === 0) return;
-  const release = await claim(core, pending);
-  try {
-    await placeBlocks(
-      core,
-      rs,
-      pending.filter((b) => isPending(rs, b)),
-      false,
-    );
-  } finally {
-    release();
+  const all = blocks();
+  const pending = all.filter((b) => isPending(rs, b));
+  const guard = rs.guard;
+  const guarded = guard === null ? [] : all.filter((b) => testBit(guard, b));
+  if (pending.length === 0 && guarded.length === 0) return;
+  if (pending.length > 0) {
+    const release = await claim(core, pending);
+    try {
+      await placeBlocks(
+        core,
+        rs,
+        pending.filter((b) => isPending(rs, b)),
+        false,
+      );
+    } finally {
+      release();
+    }
   }
-  await core.epochs.quiesce();
+  await Promise.all([core.committer.flush(), core.epochs.quiesce()]);
+  if (guard !== null) for (const b of guarded) if (!isPending(rs, b)) clearBit(guard, b);
 }
 
 /**

@@ -51,6 +51,12 @@ export interface RestoreState extends RestoreParams {
   firstCount: number;
   /** Where the copier continues its scan (not persisted). */
   cursor: number;
+  /**
+   * RW source only (not persisted): blocks whose X(b) lives in the source's own slots and whose RP clear may
+   * not be durable yet. Before such a slot changes in place, a flush makes the clear durable (restore-path.ts).
+   * Rebuilt as pending ∧ BMR after a reopen, when the durable and the in-memory RP agree.
+   */
+  guard: Uint32Array | null;
 }
 
 /** The source X as the restore sees it. */
@@ -146,10 +152,23 @@ export function beginRestore(core: VolumeCore, p: RestoreParams): SnapshotEntry 
     pendingCount: total,
     firstCount: countBits(first),
     cursor: 0,
+    guard: src.rw === null ? null : guardOf(pending, src.rw),
   };
   core.resetSettled();
   core.setRestore(rs);
   return rp;
+}
+
+/** pending ∧ BMR: the blocks whose restored value is read from the RW source's own slots. */
+function guardOf(pending: Uint32Array, rw: RwEntry): Uint32Array {
+  const guard = new Uint32Array(pending.length);
+  for (let pg = 0; pg * PAGE_WORDS < pending.length; pg++) {
+    const bits = rw.map.pageBits(pg);
+    if (bits === undefined) continue;
+    const base = pg * PAGE_WORDS;
+    for (let w = 0; w < PAGE_WORDS && base + w < pending.length; w++) guard[base + w] = pending[base + w]! & bits[w]!;
+  }
+  return guard;
 }
 
 function pendingView(pending: Uint32Array, base: number): Uint32Array {
@@ -236,7 +255,9 @@ export function loadRestore(
   const words = Math.ceil(core.blockCount / 32) + 1;
   const pending = fromBitPages(p.pending, words);
   const first = fromBitPages(p.first, words);
+  const rw = p.sourceKind === 'rw' ? core.rws.get(p.sourceId) : undefined;
   return {
+    guard: rw === undefined ? null : guardOf(pending, rw),
     sourceKind: p.sourceKind,
     sourceId: p.sourceId,
     order: p.order,
