@@ -13,30 +13,25 @@
 // close, crash and reopen (the restore record is in the journal) and resumes with the next step.
 // Concurrency: calls may overlap freely; see gate.ts, write-path.ts, read-epochs.ts and shared-state.ts.
 
-import { Committer } from './committer.js';
-import { allocatedBlocks, type BlockExtent, changedBlocks, type ValiditySource } from './differential.js';
+import { allocatedBlocks, changedBlocks, type ValiditySource } from './differential.js';
 import { engineError } from './errors.js';
-import { Gate } from './gate.js';
-import { checkpointOf, loadCore } from './recovery.js';
+import { loadCore } from './recovery.js';
 import { encodeCheckpoint } from './checkpoint-codec.js';
+import { checkpointOf } from './recovery.js';
 import type { SnapshotMethod } from './layout.js';
-import { readProduction, readRw, readSnapshot } from './read-path.js';
+import { readRw, readSnapshot } from './read-path.js';
 import { copyStep, finishRestore, startRestore } from './restore-path.js';
 import * as rwOps from './rw-ops.js';
 import { discardRw, writeRw } from './rw-path.js';
-import type { RwEntry } from './rw-snapshot.js';
-import { CTL_GENERATION, type SharedVolumeState } from './shared-state.js';
-import { collectAutoDeletes, dependantsOf, describeDependants, isPinned } from './snapshot-gc.js';
-import { SNAP_FLAG_AUTO_DELETE, SNAP_FLAG_HIDDEN, SNAP_FLAG_RESTORING, type SnapshotEntry } from './snapshot-queue.js';
+import { dependantsOf, describeDependants, isPinned } from './snapshot-gc.js';
+import { SNAP_FLAG_AUTO_DELETE, SNAP_FLAG_HIDDEN } from './snapshot-queue.js';
 import { VolumeCore } from './volume-core.js';
-import { discardRange, writeRange } from './write-path.js';
-import { verifyCore } from './verify.js';
-import { blockQuery, checkRange, restoreStatus, rwInfo, snapshotInfo, toBytes, volumeStats } from './volume-report.js';
+import { checkMethod, checkTag, VolumeBase } from './volume-base.js';
+import { restoreStatus, rwInfo } from './volume-report.js';
 import {
   allocatorOf,
   BLOCK_SIZE_DEFAULT_BYTES,
   checkSize,
-  CHECKPOINT_JOURNAL_DEFAULT_BYTES,
   type CloneLiveOptions,
   type CreateRwOptions,
   type CreateVolumeOptions,
@@ -44,7 +39,6 @@ import {
   type Extent,
   type ExtentOptions,
   isPow2,
-  MAX_SNAPSHOTS_DEFAULT,
   type RefreshOptions,
   type RestoreOptions,
   type RestoreStatus,
@@ -53,47 +47,12 @@ import {
   type ViewRef,
   type VolumeDevices,
   type VolumeRuntimeOptions,
-  type VolumeStats,
 } from './volume-options.js';
 
 export type { RestoreOrder, RestoreSourceKind, SnapshotMethod, SnapshotState } from './layout.js';
 export * from './volume-options.js';
 
-export class SnapshotVolume {
-  private closed = false;
-  private checkpointPending = false;
-  private readonly gate: Gate;
-  private readonly clock: () => number;
-  private readonly maxSnapshots: number;
-  private readonly checkpointBytes: number;
-  private readonly ops: rwOps.OpsContext;
-
-  private constructor(
-    private readonly core: VolumeCore,
-    options: VolumeRuntimeOptions,
-    gen: number,
-  ) {
-    const schedule = options.schedule ?? ((fn) => setImmediate(fn));
-    this.clock = options.clock ?? Date.now;
-    this.maxSnapshots = options.maxSnapshots ?? MAX_SNAPSHOTS_DEFAULT;
-    this.checkpointBytes = options.checkpointJournalBytes ?? CHECKPOINT_JOURNAL_DEFAULT_BYTES;
-    this.gate = new Gate(core.control, schedule);
-    this.ops = { core, clock: this.clock, maxSnapshots: this.maxSnapshots };
-    core.committer = new Committer(
-      {
-        clone: core.clone,
-        save: core.save,
-        meta: core.metaStore,
-        schedule,
-        onFailure: (err) => {
-          core.failure ??= err;
-        },
-        onCommitted: () => this.maybeCheckpoint(),
-      },
-      gen,
-    );
-  }
-
+export class SnapshotVolume extends VolumeBase {
   /** Creates an empty volume on fresh devices and writes its first checkpoint. */
   static async create(devices: VolumeDevices, options: CreateVolumeOptions): Promise<SnapshotVolume> {
     const blockSize = options.blockSize ?? BLOCK_SIZE_DEFAULT_BYTES;
@@ -138,82 +97,6 @@ export class SnapshotVolume {
     if (core.queue.entries.some((e) => (e.flags & SNAP_FLAG_AUTO_DELETE) !== 0)) await volume.collect();
     if (devices.meta.journalBytes() > 0) await volume.writeCheckpoint();
     return volume;
-  }
-
-  get blockSize(): number {
-    return this.core.blockSize;
-  }
-
-  get blockCount(): number {
-    return this.core.blockCount;
-  }
-
-  get sizeBytes(): number {
-    return this.core.blockCount * this.core.blockSize;
-  }
-
-  get granuleBlocks(): number {
-    return this.core.granuleBlocks;
-  }
-
-  get isClosed(): boolean {
-    return this.closed;
-  }
-
-  // ---- live view -------------------------------------------------------------------------------------
-
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const out = new Uint8Array(length);
-    await this.readInto(offset, out);
-    return out;
-  }
-
-  async readInto(offset: number, into: Uint8Array): Promise<void> {
-    this.usable();
-    this.checkRange(offset, into.length, this.sizeBytes);
-    if (this.core.restore === null) await readProduction(this.core, offset, into);
-    else await this.core.epochs.read(() => readProduction(this.core, offset, into));
-  }
-
-  /** Writes `data` at byte `offset` (any alignment). */
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    this.usable();
-    this.checkRange(offset, data.length, this.sizeBytes);
-    await this.shared(() => writeRange(this.core, offset, data));
-  }
-
-  /** Punch-hole semantics: afterwards [offset, offset + length) reads as zeros (OP-5). */
-  async discard(offset: number, length: number): Promise<void> {
-    this.usable();
-    this.checkRange(offset, length, this.sizeBytes);
-    if (length === 0) return;
-    await this.gate.exclusive(() => discardRange(this.core, offset, length));
-  }
-
-  /** Makes every completed write and discard durable. */
-  async flush(): Promise<void> {
-    this.usable();
-    await this.core.committer.flush();
-  }
-
-  /** Does a production write of `block` need engine work (COW, meta update, restore)? */
-  needsEngine(block: number): boolean {
-    return !this.core.isSettled(block);
-  }
-
-  /** Arrays for data-path workers; see shared-state.ts for the protocol. Requires `shared: true`. */
-  sharedState(): SharedVolumeState {
-    const core = this.core;
-    if (!core.alloc.shared) throw engineError('ENGINE_BAD_ARGUMENT', 'volume was opened without shared: true');
-    return {
-      control: core.control,
-      settled: core.settled,
-      meta: core.meta.words,
-      blockSize: core.blockSize,
-      blockCount: core.blockCount,
-      granuleShift: core.granuleShift,
-      generation: Atomics.load(core.control, CTL_GENERATION),
-    };
   }
 
   // ---- snapshots -------------------------------------------------------------------------------------
@@ -554,186 +437,4 @@ export class SnapshotVolume {
     const src: ValiditySource = of === 'live' ? { meta: core.meta, blockCount: core.blockCount } : this.entry(of, true);
     return this.toBytes(allocatedBlocks(src, core.granuleShift, this.blockQuery(options)));
   }
-
-  // ---- size, quota, stats ----------------------------------------------------------------------------
-
-  /** EC-7: grows the volume; snapshots keep their size. Shrinking fails. */
-  async resize(sizeBytes: number): Promise<void> {
-    this.usable();
-    checkSize(sizeBytes, this.core.blockSize);
-    await this.gate.exclusive(async () => {
-      const core = this.core;
-      const blocks = sizeBytes / core.blockSize;
-      if (core.restore !== null && blocks !== core.blockCount) {
-        throw engineError('ENGINE_RESTORE_IN_PROGRESS', 'an in-place restore is running; resize after it completes');
-      }
-      if (blocks < core.blockCount) {
-        throw engineError('ENGINE_SHRINK_UNSUPPORTED', `cannot shrink from ${this.sizeBytes} to ${sizeBytes} bytes`);
-      }
-      if (blocks === core.blockCount) return;
-      await core.committer.flush();
-      await core.clone.resize(blocks);
-      core.grow(blocks);
-      core.committer.appendAfterMeta({ type: 'resize', blockCount: blocks });
-      await core.committer.barrier();
-    });
-  }
-
-  /** Sets the save-pool quota (EC-5); null = unlimited. Existing before-images stay. */
-  async setSaveQuota(bytes: number | null): Promise<void> {
-    this.usable();
-    await this.gate.exclusive(async () => {
-      const slots = bytes === null ? null : Math.floor(bytes / this.core.blockSize);
-      this.core.pool.setQuota(slots);
-      this.core.committer.append({ type: 'quota', quotaSlots: slots });
-      await this.core.committer.barrier();
-    });
-  }
-
-  stats(): VolumeStats {
-    return volumeStats(this.core);
-  }
-
-  /** Checks INV-4, INV-7, INV-8 and INV-18-style structure; throws on the first violation (tests). */
-  verifyInvariants(): void {
-    verifyCore(this.core);
-  }
-
-  /** Writes a checkpoint now (resets the journal). */
-  async checkpoint(): Promise<void> {
-    this.usable();
-    await this.gate.exclusive(() => this.writeCheckpoint());
-  }
-
-  /** Flushes, checkpoints and closes the devices. Further calls fail with ENGINE_CLOSED. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    await this.gate.exclusive(async () => {
-      if (this.closed) return;
-      this.closed = true;
-      try {
-        if (this.core.failure === null) {
-          await this.core.committer.flush();
-          if (this.core.metaStore.journalBytes() > 0) await this.writeCheckpoint();
-        }
-      } finally {
-        await Promise.allSettled([this.core.clone.close(), this.core.save.close(), this.core.metaStore.close()]);
-      }
-    });
-  }
-
-  // ---- internals -------------------------------------------------------------------------------------
-
-  private async writeCheckpoint(): Promise<void> {
-    const core = this.core;
-    await core.committer.flush();
-    await core.committer.whenIdle();
-    const gen = core.committer.generation + 1;
-    const poolSlots = core.pool.trimTail();
-    await core.metaStore.writeCheckpoint(encodeCheckpoint(checkpointOf(core, gen)), gen);
-    core.committer.resetGeneration(gen);
-    core.counters.checkpoints++;
-    if (core.save.blockCount() > poolSlots) await core.save.resize(poolSlots);
-  }
-
-  private maybeCheckpoint(): void {
-    if (this.checkpointPending || this.closed || this.core.metaStore.journalBytes() < this.checkpointBytes) return;
-    this.checkpointPending = true;
-    void this.gate
-      .exclusive(async () => {
-        if (!this.closed && this.core.failure === null) await this.writeCheckpoint();
-      })
-      .catch((err: unknown) => {
-        this.core.failure ??= err;
-      })
-      .finally(() => {
-        this.checkpointPending = false;
-      });
-  }
-
-  private async shared<T>(fn: () => Promise<T>): Promise<T> {
-    const wait = this.gate.enterShared();
-    if (wait !== null) await wait;
-    try {
-      this.usable();
-      return await fn();
-    } finally {
-      this.gate.leaveShared();
-    }
-  }
-
-  private usable(): void {
-    if (this.closed) throw engineError('ENGINE_CLOSED', 'volume is closed');
-    if (this.core.failure !== null) {
-      throw engineError('ENGINE_VOLUME_FAILED', 'a metadata commit failed; reopen the volume', {}, this.core.failure);
-    }
-  }
-
-  private entry(id: number, readable: boolean): SnapshotEntry {
-    const e = this.core.queue.find(id);
-    if (e === undefined) throw engineError('ENGINE_UNKNOWN_SNAPSHOT', `snapshot ${id} does not exist`, { id });
-    if (readable && e.state === 'invalid') {
-      throw engineError('ENGINE_SNAPSHOT_INVALID', `snapshot ${id} lost data when the save pool was full`, { id });
-    }
-    if (readable && (e.flags & SNAP_FLAG_RESTORING) !== 0) {
-      throw engineError('ENGINE_SNAPSHOT_NOT_READY', `snapshot ${id} is the restore point of a running restore`, {
-        id,
-      });
-    }
-    return e;
-  }
-
-  private rw(id: number, usable: boolean): RwEntry {
-    const rw = rwOps.rwEntry(this.core, id);
-    if (usable && this.core.queue.find(rw.base)?.state !== 'valid') {
-      throw engineError(
-        'ENGINE_SNAPSHOT_INVALID',
-        `the base of RW snapshot ${id} lost data when the save pool was full`,
-        {
-          id,
-          base: rw.base,
-        },
-      );
-    }
-    return rw;
-  }
-
-  /** Deletes auto-delete snapshots nothing depends on (a background merge). */
-  private async collect(): Promise<void> {
-    await this.gate.exclusive(async () => {
-      if (this.closed || this.core.failure !== null) return;
-      if (collectAutoDeletes(this.core).length === 0) return;
-      await this.core.committer.barrier();
-      this.core.pool.commitFrees();
-    });
-  }
-
-  private info(e: SnapshotEntry): SnapshotInfo {
-    return snapshotInfo(this.core, e);
-  }
-
-  private checkRange(offset: number, length: number, limit: number): void {
-    checkRange(offset, length, limit);
-  }
-
-  private blockQuery(options: ExtentOptions): { startBlock: number; maxExtents: number } {
-    return blockQuery(options, this.core.blockSize);
-  }
-
-  private toBytes(extents: BlockExtent[]): Extent[] {
-    return toBytes(extents, this.core.blockSize);
-  }
-}
-
-function checkTag(tag: string | undefined): string {
-  const t = tag ?? '';
-  if (new TextEncoder().encode(t).length > 1024) throw engineError('ENGINE_BAD_ARGUMENT', 'tag exceeds 1024 bytes');
-  return t;
-}
-
-function checkMethod(method: SnapshotMethod): SnapshotMethod {
-  if (method !== 'save-volume' && method !== 'meta-bitmap') {
-    throw engineError('ENGINE_BAD_ARGUMENT', `unknown snapshot method ${String(method)}`);
-  }
-  return method;
 }

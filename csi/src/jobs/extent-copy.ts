@@ -69,7 +69,7 @@ export class ExtentCopyJob implements BackgroundJob {
     this.cursor = cursor === DONE ? o.source.sizeBytes : cursor;
     this.doneBytes = this.finished ? totalBytes : doneBytes;
     this.granuleBytes = o.target.blockSize * o.target.granuleBlocks;
-    this.chunk = Math.max(this.granuleBytes, roundDown(o.chunkBytes ?? 1024 * 1024, this.granuleBytes));
+    this.chunk = Math.max(this.granuleBytes, roundDown(o.chunkBytes ?? 4 * 1024 * 1024, this.granuleBytes));
     this.checkpointBytes = o.checkpointBytes ?? 64 * 1024 * 1024;
     this.attr = o.attribute ?? COPY_CURSOR_ATTRIBUTE;
   }

@@ -15,7 +15,7 @@ export class RestoreJob implements BackgroundJob {
   constructor(
     private readonly volume: SnapshotVolume,
     readonly id: string,
-    private readonly flushEveryBytes = 64 * 1024 * 1024,
+    private readonly flushEveryBytes = 256 * 1024 * 1024,
   ) {
     const st = volume.restoreStatus();
     this.last = st === null ? { doneBytes: 0, totalBytes: 0 } : { doneBytes: st.doneBytes, totalBytes: st.totalBytes };
