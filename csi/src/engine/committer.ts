@@ -19,7 +19,8 @@
 
 import type { BlockDevice, MetaStore } from './block-device.js';
 import { engineError } from './errors.js';
-import { encodeFrame, type JournalRecord } from './layout.js';
+import { encodeFrame } from './journal-codec.js';
+import type { JournalRecord } from './layout.js';
 
 interface Waiter {
   target: number;

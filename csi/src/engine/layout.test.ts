@@ -4,14 +4,8 @@ import { heapWords } from './bits.js';
 import { decodeCheckpoint, encodeCheckpoint } from './checkpoint-codec.js';
 import { crc32 } from './crc32.js';
 import { BlockMap } from './block-map.js';
-import {
-  type CheckpointState,
-  decodeJournal,
-  encodeFrame,
-  FORMAT_VERSION,
-  FRAME_HEADER_BYTES,
-  type JournalRecord,
-} from './layout.js';
+import { decodeJournal, encodeFrame } from './journal-codec.js';
+import { type CheckpointState, FORMAT_VERSION, FRAME_HEADER_BYTES, type JournalRecord } from './layout.js';
 import { FULL_META_PAGE, META_PAGE_WORDS } from './meta-bitmap.js';
 
 const records: JournalRecord[] = [
