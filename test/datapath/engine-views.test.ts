@@ -136,8 +136,124 @@ describe('data path: engine views through FUSE and loop devices', () => {
     },
   );
 
-  it.todo(
-    '1-2 (root) writes through an RW snapshot view leave the live volume unchanged (needs RW snapshots, issue 4)',
+  it.skipIf(!isRoot)('1-2 (root) writes through an RW snapshot view leave the live volume unchanged', async () => {
+    const size = 64 * MiB;
+    const { dir, host, volumeId, loop } = await startVolume({ sizeBytes: size });
+    const live = Buffer.alloc(size);
+    const fh = await open(loop.device, 'r+');
+    try {
+      for (let i = 0; i < 40; i++) {
+        const len = 4096 * (1 + Math.floor(Math.random() * 64));
+        const off = 4096 * Math.floor(Math.random() * ((size - len) / 4096));
+        const data = randomBytes(len);
+        await fh.write(data, 0, len, off);
+        data.copy(live, off);
+      }
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    const snap = await host.call<SnapshotInfo>('snapshot', { volumeId });
+    const rw = await host.call<{ id: number }>('createRw', { volumeId, snapshotId: snap.id });
+    const name = await host.call<string>('exposeRw', { volumeId, rwId: rw.id });
+    expect(name.endsWith(`${volumeId}@rw-${rw.id}`)).toBe(true);
+    const rwLoop = await host.call<LoopDevice>('attach', { name: `${volumeId}@rw-${rw.id}` });
+    res.loop(rwLoop.device);
+    expect(rwLoop.readOnly).toBe(false);
+    const clone = Buffer.from(live);
+    // Raw writes (aligned and unaligned to 4 KiB) and a discard through the RW view.
+    const rfh = await open(rwLoop.device, 'r+');
+    try {
+      for (let i = 0; i < 40; i++) {
+        const len = 512 * (1 + Math.floor(Math.random() * 300));
+        const off = 512 * Math.floor(Math.random() * ((size - len) / 512));
+        const data = randomBytes(len);
+        await rfh.write(data, 0, len, off);
+        data.copy(clone, off);
+      }
+      await rfh.sync();
+    } finally {
+      await rfh.close();
+    }
+    const dOff = 4096 * 1000;
+    await sh('blkdiscard', ['-o', String(dOff), '-l', String(64 * 4096), rwLoop.device]);
+    clone.fill(0, dOff, dOff + 64 * 4096);
+    // A file system on the RW view, mounted beside nothing else, written and checked.
+    expect((await readDevice(rwLoop.device)).equals(clone)).toBe(true);
+    expect((await readDevice(loop.device)).equals(live)).toBe(true);
+    const snapLoop = await attachSnapshot(host, volumeId, snap.id);
+    expect((await readDevice(snapLoop.device)).equals(live)).toBe(true);
+    await sh('mkfs.ext4', ['-q', '-F', rwLoop.device]);
+    const mnt = res.mount(join(dir, 'rw'));
+    await mountDevice(rwLoop.device, mnt, { fsType: 'ext4' });
+    const file = randomBytes(3 * MiB);
+    await writeFileSynced(join(mnt, 'f'), file);
+    expect(await sha256File(join(mnt, 'f'))).toBe(sha256(file));
+    await sh('umount', [mnt]);
+    // The live volume and the snapshot never saw any of it.
+    expect((await readDevice(loop.device)).equals(live)).toBe(true);
+    expect((await readDevice(snapLoop.device)).equals(live)).toBe(true);
+    const stats = await host.call<VolumeStats>('volumeStats', { volumeId });
+    expect(stats.savePoolUsedBytes).toBeGreaterThan(3 * MiB);
+  });
+
+  it.skipIf(!isRoot)(
+    '1-3 (root) online in-place restore: reads through the live loop device see the snapshot at once, writes during the copy stay',
+    async () => {
+      const size = 64 * MiB;
+      const { host, volumeId, loop } = await startVolume({ sizeBytes: size });
+      const before = randomBytes(size);
+      const fh = await open(loop.device, 'r+');
+      try {
+        await fh.write(before, 0, size, 0);
+        await fh.sync();
+        const snap = await host.call<SnapshotInfo>('snapshot', { volumeId });
+        const later = randomBytes(32 * MiB);
+        await fh.write(later, 0, later.length, 16 * MiB);
+        await fh.sync();
+        // A slow copier, so that the checks below run while the restore is in progress.
+        const st = await host.call<{ totalBlocks: number }>('startRestore', {
+          volumeId,
+          snapshotId: snap.id,
+          stepBlocks: 32,
+          pauseMs: 5,
+        });
+        expect(st.totalBlocks).toBe((32 * MiB) / 4096);
+        expect((await readDevice(loop.device)).equals(before)).toBe(true);
+        const running = await host.call<{ doneBlocks: number } | null>('restoreStatus', { volumeId });
+        expect(running).not.toBeNull();
+        expect(running!.doneBlocks).toBeLessThan(st.totalBlocks);
+        // Writes during the restore: full blocks and a partial one inside a block not yet restored.
+        const expected = Buffer.from(before);
+        for (const [off, len] of [
+          [20 * MiB, 8192],
+          [47 * MiB + 100, 300],
+          [5 * MiB, 4096],
+        ] as const) {
+          // Buffered writes: the kernel reads the rest of a partly written sector (through the engine).
+          const data = randomBytes(len);
+          await fh.write(data, 0, len, off);
+          data.copy(expected, off);
+        }
+        await fh.sync();
+        expect((await readDevice(loop.device)).equals(expected)).toBe(true);
+        for (let i = 0; i < 600; i++) {
+          if ((await host.call<unknown>('restoreStatus', { volumeId })) === null) break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        expect(await host.call<unknown>('restoreStatus', { volumeId })).toBeNull();
+        expect((await readDevice(loop.device)).equals(expected)).toBe(true);
+        const snapLoop = await attachSnapshot(host, volumeId, snap.id);
+        expect((await readDevice(snapLoop.device)).equals(before)).toBe(true);
+        // Fast-path reads came back after the restore.
+        const metrics = await host.call<string>('metrics');
+        expect(metricValue(metrics, 'loopsnap_datapath_data_requests_total{path="handoff",op="read"}')).toBeGreaterThan(
+          0,
+        );
+      } finally {
+        await fh.close();
+      }
+    },
   );
 
   it.skipIf(!isRoot)(

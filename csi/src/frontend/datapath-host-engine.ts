@@ -4,7 +4,7 @@
 import type { SnapshotMethod, SnapshotVolume } from '../engine/volume.js';
 import { VolumeStore } from '../store/volume-store.js';
 import { type HostContext, type HostMethod, requireDatapath } from './datapath-host.js';
-import { livePort, snapshotPort } from './engine-ports.js';
+import { livePort, rwPort, snapshotPort } from './engine-ports.js';
 
 interface EngineState {
   readonly store: VolumeStore;
@@ -42,6 +42,11 @@ function volumeOf(ctx: HostContext, p: Record<string, unknown>): SnapshotVolume 
 /** View names: the volume id for the live view, `<volumeId>@snap-<id>` for a snapshot. */
 export function snapshotViewName(volumeId: string, snapshotId: number): string {
   return `${volumeId}@snap-${snapshotId}`;
+}
+
+/** `<volumeId>@rw-<id>` for an RW snapshot. */
+export function rwViewName(volumeId: string, rwId: number): string {
+  return `${volumeId}@rw-${rwId}`;
 }
 
 export const engineMethods: Record<string, HostMethod> = {
@@ -90,6 +95,27 @@ export const engineMethods: Record<string, HostMethod> = {
   deleteSnapshot: async (ctx, p) => {
     await volumeOf(ctx, p).deleteSnapshot(num(p, 'snapshotId'));
   },
+  createRw: async (ctx, p) => volumeOf(ctx, p).createRw(num(p, 'snapshotId'), { tag: 'host' }),
+  exposeRw: async (ctx, p) => {
+    const id = str(p, 'volumeId');
+    const rwId = num(p, 'rwId');
+    return requireDatapath(ctx).exposeRw(rwViewName(id, rwId), id, rwPort(volumeOf(ctx, p), rwId));
+  },
+  /** Starts an in-place restore from a snapshot and, unless `steps` is 0, runs its copier in the background. */
+  startRestore: async (ctx, p) => {
+    const v = volumeOf(ctx, p);
+    const st = await v.startRestore({ source: { kind: 'snapshot', id: num(p, 'snapshotId') } });
+    if (p.background !== false) {
+      void (async () => {
+        while (v.restoreStatus() !== null && !v.isClosed) {
+          await v.restoreStep(typeof p.stepBlocks === 'number' ? p.stepBlocks : 64);
+          if (typeof p.pauseMs === 'number') await new Promise((r) => setTimeout(r, p.pauseMs as number));
+        }
+      })().catch((err: unknown) => ctx.log.error({ err }, 'Restore copier failed'));
+    }
+    return st;
+  },
+  restoreStatus: async (ctx, p) => volumeOf(ctx, p).restoreStatus(),
   volumeStats: async (ctx, p) => volumeOf(ctx, p).stats(),
   /** Bytes of the live view that may hold data (meta bit map valid), i.e. what OP-18 would copy. */
   allocatedBytes: async (ctx, p) =>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Adapters from the engine's SnapshotVolume to the data path's view ports (datapath.ts).
 import type { SnapshotVolume } from '../engine/volume.js';
-import type { LiveVolumePort, SnapshotViewPort } from './datapath.js';
+import type { LiveVolumePort, RwViewPort, SnapshotViewPort } from './datapath.js';
 
 /** The live (production) view of `volume`; `clonePath` is the file behind its clone BlockDevice. */
 export function livePort(volume: SnapshotVolume, clonePath: string): LiveVolumePort {
@@ -26,5 +26,21 @@ export function snapshotPort(volume: SnapshotVolume, snapshotId: number): Snapsh
     sizeBytes: info.sizeBytes,
     blockSize: volume.blockSize,
     read: (offset, into) => volume.readSnapshotInto(snapshotId, offset, into),
+  };
+}
+
+/**
+ * The read-write view of RW snapshot `rwId` of `volume` (OP-8/OP-9: its writes never reach the clone or
+ * another view). FUSE FSYNC calls flush, the engine's durability barrier for every view of the volume.
+ */
+export function rwPort(volume: SnapshotVolume, rwId: number): RwViewPort {
+  const info = volume.getRw(rwId);
+  return {
+    sizeBytes: info.sizeBytes,
+    blockSize: volume.blockSize,
+    read: (offset, into) => volume.readRwInto(rwId, offset, into),
+    write: (offset, data) => volume.writeRw(rwId, offset, data),
+    discard: (offset, length) => volume.discardRw(rwId, offset, length),
+    flush: () => volume.flush(),
   };
 }
