@@ -24,6 +24,7 @@ export interface Config {
   readonly minVolumeSizeBytes: number;
   readonly maxVolumeSizeBytes: number;
   readonly saveQuotaBytes: number;
+  readonly backgroundCopyBytesPerSecond: number;
   readonly fuseWorkers: number;
   readonly datapathDirectIo: boolean;
   readonly kubeconfig: string;
@@ -129,6 +130,12 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     kind: 'int',
     def: 0,
     help: 'save pool quota per volume, bytes; 0 = grow until the disk is full',
+  },
+  'background-copy-bytes-per-second': {
+    key: 'backgroundCopyBytesPerSecond',
+    kind: 'int',
+    def: 256 * 1024 * 1024,
+    help: 'total rate of background copies (in-place restores, clone-method images, hydration); 0 = unlimited',
   },
   'fuse-workers': { key: 'fuseWorkers', kind: 'int', def: 2, help: 'data-path worker threads' },
   'datapath-direct-io': {

@@ -47,6 +47,10 @@ export const CSI_ERRORS = {
     grpc: 'FAILED_PRECONDITION',
     doc: 'A single-writer volume is already published at another target',
   },
+  CSI_ERR_THIN_CLONE: {
+    grpc: 'FAILED_PRECONDITION',
+    doc: 'The volume is a thin clone without a snapshot queue of its own (hydrate it first)',
+  },
   CSI_ERR_NOT_READY: {
     grpc: 'FAILED_PRECONDITION',
     doc: 'The snapshot is not ready to use yet (background copy running)',

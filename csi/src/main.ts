@@ -19,6 +19,7 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { createLogger, type Logger } from '../../common/src/log.js';
 import { type Config, ConfigError, helpText, parseConfig, socketPath } from './config.js';
 import { NodeAgent } from './agent/node-agent.js';
+import { watchBackgroundJobs } from './driver/background.js';
 import { DriverContext } from './driver/context.js';
 import { EngineBackend } from './driver/engine-backend.js';
 import { MetadataService } from './driver/metadata-service.js';
@@ -68,19 +69,17 @@ async function start(config: Config, log: Logger): Promise<Running> {
   collectDefaultMetrics({ register: registry });
   let serving = false;
   const state = await DriverState.load(config.stateDir, log);
-  const backend = await EngineBackend.start(
-    {
-      stateDir: config.stateDir,
-      log,
-      blockSizeBytes: config.blockSizeBytes,
-      granuleBlocks: config.granuleBlocks,
-      workers: config.fuseWorkers,
-      saveQuotaBytes: config.saveQuotaBytes === 0 ? null : config.saveQuotaBytes,
-      registry,
-      directIo: config.datapathDirectIo,
-    },
-    state.volumes().map((v) => v.volumeId),
-  );
+  const backend = await EngineBackend.start({
+    stateDir: config.stateDir,
+    log,
+    blockSizeBytes: config.blockSizeBytes,
+    granuleBlocks: config.granuleBlocks,
+    workers: config.fuseWorkers,
+    saveQuotaBytes: config.saveQuotaBytes === 0 ? null : config.saveQuotaBytes,
+    registry,
+    directIo: config.datapathDirectIo,
+    backgroundRateBytesPerSecond: config.backgroundCopyBytesPerSecond,
+  });
   const running: Running = {
     config,
     log,
@@ -109,6 +108,8 @@ async function start(config: Config, log: Logger): Promise<Running> {
       backend,
       log,
     );
+    // Record updates of background jobs (image ready, volume hydrated) from now on; recovery catches up.
+    watchBackgroundJobs(driver);
     await recoverState(driver, backend.storedVolumeIds());
     const snapshots = new SnapshotService(driver);
     // In-place restore and refresh (loopsnap.v1.NodeAgent): unfinished operations take their locks again

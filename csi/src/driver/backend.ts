@@ -1,15 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 // The port between the CSI driver layer and the node's storage: the snapshot engine (volumes, snapshots,
-// changed-block tracking) together with the data path (views on the FUSE mount, loop devices, consistent
-// cuts). engine-backend.ts implements it on csi/src/engine + csi/src/store + csi/src/frontend.
+// RW clones, clone-method images, background copies, in-place restore, changed-block tracking) together with
+// the data path (views on the FUSE mount, loop devices, consistent cuts). engine-backend.ts implements it on
+// csi/src/engine + csi/src/store + csi/src/jobs + csi/src/frontend; memory-backend.testing.ts in memory.
 //
-// Ids: `volumeId` is our CSI volume id (also the engine store's directory name and the live view's name);
-// `engineSnapshotId` is the id of a snapshot in that volume's queue. Missing-item semantics are stated per
-// method. Operations on one volume are serialised by the caller (driver/locks.ts).
+// Ids: `volumeId` is our CSI volume id. It is backed by an engine volume of its own (same id), by an RW
+// snapshot tagged with it (a thin clone of a snapshot, a volume or a clone-method image), or, while it is
+// hydrated, by both (engine-volumes.ts). `engineSnapshotId` is the id of a snapshot in a volume's queue;
+// `imageId` is the CSI id of a clone-method snapshot, whose image is an engine volume of its own.
+// Missing-item semantics are stated per method. Operations on one volume are serialised by the caller
+// (driver/locks.ts).
 import type { LoopDevice } from '../mount/loop-device.js';
 import type { JobSample, VolumeGaugeSample } from '../metrics.js';
+import type { BackingKind, CloneSource, JobDoneListener } from './engine-volumes.js';
 
-/** Engine tag of the hidden snapshot a volume clone copies from: `clone-source:<new volume id>`. */
+export type { BackingKind, CloneSource, JobDoneListener } from './engine-volumes.js';
+
+/** Engine tag of the hidden snapshot an interim full-copy clone copied from (still cleaned up at start). */
 export const HIDDEN_CLONE_TAG_PREFIX = 'clone-source:';
 
 export type EngineSnapshotMethod = 'save-volume' | 'meta-bitmap';
@@ -22,6 +29,8 @@ export interface EngineSnapshot {
   readonly tag: string;
   readonly createdAt: number;
   readonly sizeBytes: number;
+  /** Internal (clone bases, copy sources, deferred deletions). */
+  readonly hidden: boolean;
 }
 
 /** Byte extent; results are ascending and non-overlapping. */
@@ -36,9 +45,9 @@ export interface ExtentQuery {
 }
 
 export interface BackendFeatures {
-  /** Thin RW clones of a snapshot (issue 4, OP-7). Without it, restores copy the allocated extents. */
+  /** Thin RW clones of a snapshot or volume (OP-7). */
   readonly rwClones: boolean;
-  /** `clone`-method snapshots: independent images filled in the background (issue 4). */
+  /** `clone`-method snapshots: independent images filled in the background. */
   readonly cloneImages: boolean;
   /** Growing a volume while its view is exposed (the data path resizes the view). */
   readonly onlineResize: boolean;
@@ -49,6 +58,13 @@ export interface VolumeCondition {
   readonly message: string;
 }
 
+export interface Progress {
+  readonly doneBytes: number;
+  readonly totalBytes: number;
+}
+
+export type ImageState = Progress & { readonly state: 'absent' | 'copying' | 'ready' };
+
 export interface VolumeBackend {
   readonly features: BackendFeatures;
   /** Block size of new volumes; capacities are multiples of it. */
@@ -56,17 +72,39 @@ export interface VolumeBackend {
 
   /** Creates and opens an empty volume. Fails with STORE_VOLUME_EXISTS when the id is taken. */
   createVolume(volumeId: string, sizeBytes: number): Promise<void>;
-  /** Closes and removes a volume and all its snapshots. Not an error when it does not exist. */
-  deleteVolume(volumeId: string): Promise<void>;
+  /** Makes `volumeId` a thin RW clone (instant) of a snapshot of one of this node's volumes, or of an image. */
+  createRwClone(volumeId: string, source: CloneSource, sizeBytes: number): Promise<void>;
+  /**
+   * Makes `volumeId` a thin clone of live volume `sourceVolumeId`: a hidden snapshot (frozen when mounted at
+   * `mountpoint`) and an RW snapshot on it, in one commit. Returns the hidden snapshot's engine id.
+   */
+  cloneVolume(
+    volumeId: string,
+    sourceVolumeId: string,
+    sizeBytes: number,
+    opts: { mountpoint?: string },
+  ): Promise<number>;
+  /** Copies the current content of volume `src` (any backing) into the new, empty volume `dst`. */
+  copyVolumeInto(srcVolumeId: string, dstVolumeId: string, signal?: AbortSignal): Promise<{ copiedBytes: number }>;
+  /** What backs `volumeId`, or undefined when nothing does. */
+  backing(volumeId: string): BackingKind | undefined;
+  /** CSI volumes that are thin clones of volume `volumeId`. */
+  rwClonesOf(volumeId: string): string[];
+  /**
+   * Deletes the storage of a volume. A volume thin clones still read is retired instead: its engine volume
+   * stays, hidden, and goes with the last of them. Not an error when nothing backs the id.
+   */
+  deleteVolume(volumeId: string): Promise<'deleted' | 'retired' | 'absent'>;
   hasVolume(volumeId: string): boolean;
-  /** Current size; NOT_FOUND (STORE_VOLUME_NOT_FOUND) when the volume does not exist. */
+  /** Current size; NOT_FOUND when the volume does not exist. */
   volumeSizeBytes(volumeId: string): number;
-  /** Grows a volume (never shrinks: ENGINE_SHRINK_UNSUPPORTED). */
+  /** Grows a volume or a thin clone (never shrinks: ENGINE_SHRINK_UNSUPPORTED). */
   resizeVolume(volumeId: string, sizeBytes: number): Promise<void>;
 
   /**
-   * Cuts a snapshot of the live volume. With `mountpoint` (a file system on the volume's loop device is
-   * mounted there) the file system is frozen around the cut and always thawed.
+   * Cuts a snapshot of a volume with its own engine volume (thin clones: CSI_ERR_THIN_CLONE). With
+   * `mountpoint` (a file system on the volume's loop device is mounted there) the file system is frozen
+   * around the cut and always thawed.
    */
   createSnapshot(
     volumeId: string,
@@ -77,8 +115,47 @@ export interface VolumeBackend {
   findSnapshotByTag(volumeId: string, tag: string): EngineSnapshot | undefined;
   /** Every snapshot in the volume's queue, oldest first; empty when the volume does not exist. */
   listSnapshots(volumeId: string): EngineSnapshot[];
-  /** Deletes a snapshot (merging its before-images). Not an error when it does not exist. */
+  /**
+   * Deletes a snapshot (OP-11). While thin clones or a restore still need it the deletion is deferred: the
+   * snapshot is hidden now and goes with its last dependant. Not an error when it does not exist.
+   */
   deleteSnapshot(volumeId: string, engineSnapshotId: number): Promise<void>;
+
+  /** A clone-method snapshot: hidden cut (frozen when mounted), image volume, background copy. */
+  createImage(
+    snapshotId: string,
+    volumeId: string,
+    opts: { mountpoint?: string },
+  ): Promise<{ engineSnapshotId: number; sizeBytes: number; createdAt: number }>;
+  imageState(snapshotId: string): ImageState;
+  /** Deletes an image (cancels its copy); retired while thin clones read it. */
+  deleteImage(snapshotId: string): Promise<'deleted' | 'retired' | 'absent'>;
+  /** Clone-method snapshots of `volumeId` whose copy still runs. */
+  imagesCopyingFrom(volumeId: string): string[];
+
+  /** Starts turning thin clone `volumeId` into a volume of its own in the background (idempotent). */
+  startHydration(volumeId: string): Promise<void>;
+  hydrationState(volumeId: string): Progress | undefined;
+
+  /** Starts an online in-place restore of `volumeId` (engine OP-13); the copy runs in the background. */
+  startRestore(
+    volumeId: string,
+    source: { engineSnapshotId: number } | { rwCloneVolumeId: string },
+    order?: 'old-then-new' | 'new-then-old',
+  ): Promise<void>;
+  /** Progress of the running in-place restore of `volumeId`, undefined when none runs. */
+  restoreState(volumeId: string): Progress | undefined;
+  /**
+   * OP-10 for thin clone `volumeId`: onto a snapshot of its base volume, or onto a new hidden snapshot of it
+   * (frozen when the base is mounted at `mountpoint`). The volume keeps its id; its content is replaced.
+   */
+  refreshVolume(
+    volumeId: string,
+    target: { engineSnapshotId: number } | 'new',
+    opts: { mountpoint?: string },
+  ): Promise<{ baseVolumeId: string; engineSnapshotId: number }>;
+  /** Called when a hydration, an image copy or a restore finished durably. */
+  onJobDone(listener: JobDoneListener): void;
 
   /** OP-18: extents of the snapshot that may hold data (everything else reads as zeros). */
   allocatedExtents(volumeId: string, engineSnapshotId: number, q: ExtentQuery): ByteExtent[];
@@ -87,17 +164,7 @@ export interface VolumeBackend {
   /** Reads bytes of a snapshot (OP-6). */
   readSnapshot(volumeId: string, engineSnapshotId: number, offset: number, into: Uint8Array): Promise<void>;
 
-  /**
-   * Fills the empty volume `dstVolumeId` with the content of a snapshot by copying its allocated extents
-   * (full-copy restore; used while thin RW clones are unavailable). Durable on resolve.
-   */
-  copySnapshotInto(
-    src: { volumeId: string; engineSnapshotId: number },
-    dstVolumeId: string,
-    signal?: AbortSignal,
-  ): Promise<{ copiedBytes: number }>;
-
-  /** Exposes the live view on the FUSE mount and attaches a loop device to it (idempotent). */
+  /** Exposes the volume's view on the FUSE mount and attaches a loop device to it (idempotent). */
   attachVolume(volumeId: string): Promise<LoopDevice>;
   /** Detaches the loop device and stops exposing the view. Not an error when not attached. */
   detachVolume(volumeId: string): Promise<void>;
@@ -110,9 +177,10 @@ export interface VolumeBackend {
   availableBytes(): Promise<number>;
   /** Engine numbers of every open volume (metrics). */
   volumeSamples(): VolumeGaugeSample[];
+  /** Background jobs (restore, clone, hydrate) and their progress. */
   jobSamples(): JobSample[];
   /** True while the data path and the engine are usable. */
   healthy(): boolean;
-  /** Closes every volume (flush + checkpoint) and stops the data path. */
+  /** Stops the background jobs, closes every volume (flush + checkpoint) and stops the data path. */
   close(): Promise<void>;
 }

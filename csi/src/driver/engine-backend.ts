@@ -1,18 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
-// VolumeBackend on the real parts: engine volumes in the file store (csi/src/store/volume-store.ts, one
-// SnapshotVolume per CSI volume, opened with shared arrays for the data-path workers), and the data path
-// (csi/src/frontend/datapath.ts: FUSE mount at <stateDir>/fuse, one live view per attached volume named
-// after the volume id, a loop device on it).
+// VolumeBackend on the real parts: engine volumes in the file stores (csi/src/store/volume-store.ts:
+// `<stateDir>/volumes/` for volumes, `<stateDir>/clones/` for clone-method images), opened with shared
+// arrays for the data-path workers and managed by engine-volumes.ts (thin clones, images, hydration,
+// restores, background jobs), and the data path (csi/src/frontend/datapath.ts: FUSE mount at
+// <stateDir>/fuse, one view per attached volume named after the volume id, a loop device on it).
 //
-// Invariants: a volume is open in the engine for as long as its record exists (opened at start); its live
-// view exists exactly while a loop device is attached to it (attachVolume/detachVolume); a volume with an
-// attached view is never closed or deleted (deleteVolume refuses).
+// Views: a volume of its own is exposed as a live view (worker fast path); a thin clone as an RW view whose
+// range lock is its base volume's (snapshot/RW reads and production writes of one engine volume are ordered);
+// a volume being hydrated as an RW view over the hydrating view.
+// Invariants: an engine volume is open for as long as it exists; a view exists exactly while a loop device is
+// attached to it (attachVolume/detachVolume); a volume with an attached view is never deleted.
 import { statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../../../common/src/log.js';
 import type { SnapshotInfo, SnapshotVolume } from '../engine/volume.js';
-import { Datapath, type LiveVolumePort } from '../frontend/datapath.js';
+import { Datapath } from '../frontend/datapath.js';
+import { livePort, rwPort } from '../frontend/engine-ports.js';
 import { isReachable } from '../frontend/fuse-mount.js';
 import { describeLoop, type LoopDevice, loopForFile } from '../mount/loop-device.js';
 import { VolumeStore } from '../store/volume-store.js';
@@ -24,12 +28,20 @@ import type {
   EngineSnapshot,
   EngineSnapshotMethod,
   ExtentQuery,
+  ImageState,
+  Progress,
   VolumeBackend,
   VolumeCondition,
 } from './backend.js';
-
-/** Copy unit of full-copy restores (the FUSE/loop maximum request size). */
-const COPY_CHUNK_BYTES = 1024 * 1024;
+import {
+  type BackingKind,
+  type CloneSource,
+  EngineVolumes,
+  type JobDoneListener,
+  type StoreKind,
+  type VolumeFactory,
+} from './engine-volumes.js';
+import { copyContent } from './volume-copy.js';
 
 export interface EngineBackendOptions {
   readonly stateDir: string;
@@ -45,16 +57,36 @@ export interface EngineBackendOptions {
   readonly registry?: Registry;
   /** O_DIRECT for the data path's fast-path I/O on clone files (ADR 0003). */
   readonly directIo?: boolean;
+  /** Total rate of background copies (restore, clone images, hydration); default 256 MiB/s, 0 = unlimited. */
+  readonly backgroundRateBytesPerSecond?: number;
+}
+
+/** File stores for the engine volumes: `<stateDir>/volumes/` and `<stateDir>/clones/`. */
+function fileFactory(stateDir: string, log: Logger): VolumeFactory {
+  const stores: Record<StoreKind, VolumeStore> = {
+    volumes: new VolumeStore(stateDir),
+    images: new VolumeStore(stateDir, undefined, { dirName: 'clones' }),
+  };
+  for (const [kind, store] of Object.entries(stores)) {
+    const leftovers = store.recover();
+    if (leftovers.length > 0)
+      log.warn({ store: kind, leftovers }, 'Removed half-created or half-deleted engine volumes');
+  }
+  return {
+    create: (store, id, options) => stores[store].create(id, { ...options, shared: true }),
+    open: (store, id) => stores[store].openVolume(id, { shared: true }),
+    remove: (store, id) => stores[store].delete(id),
+    list: (store) => stores[store].list(),
+  };
 }
 
 export class EngineBackend implements VolumeBackend {
-  readonly features: BackendFeatures = { rwClones: false, cloneImages: false, onlineResize: false };
-  private readonly volumes = new Map<string, SnapshotVolume>();
+  readonly features: BackendFeatures = { rwClones: true, cloneImages: true, onlineResize: false };
   private closed = false;
 
   private constructor(
     private readonly opts: EngineBackendOptions,
-    private readonly store: VolumeStore,
+    private readonly engine: EngineVolumes,
     private readonly datapath: Datapath,
     private readonly log: Logger,
   ) {}
@@ -65,10 +97,10 @@ export class EngineBackend implements VolumeBackend {
 
   /**
    * Cleans up what a dead predecessor left in the data path, mounts FUSE, clears half-made store entries,
-   * and opens the volumes in `volumeIds` (the driver's records). Engine volumes without a record are
-   * reported, not deleted: the driver's recovery decides.
+   * opens every engine volume and image, and resumes their background jobs. Engine volumes without a driver
+   * record are reported by the driver's recovery, never deleted here.
    */
-  static async start(opts: EngineBackendOptions, volumeIds: readonly string[]): Promise<EngineBackend> {
+  static async start(opts: EngineBackendOptions): Promise<EngineBackend> {
     const log = opts.log.child({ component: 'backend' });
     const datapath = await Datapath.start({
       stateDir: opts.stateDir,
@@ -77,62 +109,77 @@ export class EngineBackend implements VolumeBackend {
       ...(opts.registry === undefined ? {} : { registry: opts.registry }),
       ...(opts.directIo === undefined ? {} : { directIo: opts.directIo }),
     });
-    const backend = new EngineBackend(opts, new VolumeStore(opts.stateDir), datapath, log);
+    let engine: EngineVolumes | undefined;
     try {
-      const leftovers = backend.store.recover();
-      if (leftovers.length > 0) log.warn({ leftovers }, 'Removed half-created or half-deleted engine volumes');
-      for (const id of volumeIds) {
-        if (!backend.store.list().includes(id)) continue;
-        backend.volumes.set(id, await backend.store.openVolume(id, { shared: true }));
-      }
+      engine = new EngineVolumes(fileFactory(opts.stateDir, log), {
+        blockSizeBytes: opts.blockSizeBytes,
+        granuleBlocks: opts.granuleBlocks,
+        saveQuotaBytes: opts.saveQuotaBytes,
+        log: opts.log,
+        scheduler: {
+          rateBytesPerSecond: opts.backgroundRateBytesPerSecond,
+          foregroundBusy: () => datapath.foregroundBusy(),
+        },
+      });
+      await engine.start();
     } catch (err) {
-      await backend.close().catch(() => undefined);
+      await engine?.close().catch(() => undefined);
+      await datapath.stop({ force: true }).catch(() => undefined);
       throw err;
     }
-    log.info({ volumes: backend.volumes.size, cleanup: datapath.cleanup }, 'Started storage backend');
+    const backend = new EngineBackend(opts, engine, datapath, log);
+    log.info({ volumes: engine.openVolumes().length, cleanup: datapath.cleanup }, 'Started storage backend');
     return backend;
   }
 
-  /** Engine volume ids present on disk (including ones the driver has no record of). */
+  /** Engine volume ids present on disk that are neither retired nor hydration targets. */
   storedVolumeIds(): string[] {
-    return this.store.list();
+    return this.engine.storedVolumeIds();
   }
 
   // ----- volumes ----------------------------------------------------------------------------------------
 
-  async createVolume(volumeId: string, sizeBytes: number): Promise<void> {
-    const volume = await this.store.create(volumeId, {
-      sizeBytes,
-      blockSize: this.opts.blockSizeBytes,
-      granuleBlocks: this.opts.granuleBlocks,
-      saveQuotaBytes: this.opts.saveQuotaBytes,
-      shared: true,
-    });
-    this.volumes.set(volumeId, volume);
+  createVolume(volumeId: string, sizeBytes: number): Promise<void> {
+    return this.engine.createVolume(volumeId, sizeBytes);
   }
 
-  async deleteVolume(volumeId: string): Promise<void> {
+  createRwClone(volumeId: string, source: CloneSource, sizeBytes: number): Promise<void> {
+    return this.engine.createRwClone(volumeId, source, sizeBytes);
+  }
+
+  cloneVolume(volumeId: string, sourceVolumeId: string, sizeBytes: number, opts: { mountpoint?: string }) {
+    return this.engine.cloneLive(volumeId, sourceVolumeId, sizeBytes, (fn) => this.cut(fn, opts.mountpoint));
+  }
+
+  copyVolumeInto(srcVolumeId: string, dstVolumeId: string, signal?: AbortSignal): Promise<{ copiedBytes: number }> {
+    return copyContent(this.engine.content(srcVolumeId), this.engine.own(dstVolumeId), signal);
+  }
+
+  backing(volumeId: string): BackingKind | undefined {
+    return this.engine.backing(volumeId);
+  }
+
+  rwClonesOf(volumeId: string): string[] {
+    return this.engine.rwClonesOf('volumes', volumeId);
+  }
+
+  async deleteVolume(volumeId: string): Promise<'deleted' | 'retired' | 'absent'> {
     if (this.datapath.views().includes(volumeId)) {
       throw new CsiError('CSI_ERR_IN_USE', `volume ${volumeId} is attached to a loop device; unstage it first`);
     }
-    const v = this.volumes.get(volumeId);
-    if (v) {
-      await v.close();
-      this.volumes.delete(volumeId);
-    }
-    await this.store.delete(volumeId);
+    return this.engine.deleteVolume(volumeId);
   }
 
   hasVolume(volumeId: string): boolean {
-    return this.volumes.has(volumeId);
+    return this.engine.backing(volumeId) !== undefined;
   }
 
   volumeSizeBytes(volumeId: string): number {
-    return this.vol(volumeId).sizeBytes;
+    return this.engine.content(volumeId).sizeBytes;
   }
 
-  async resizeVolume(volumeId: string, sizeBytes: number): Promise<void> {
-    await this.vol(volumeId).resize(sizeBytes);
+  resizeVolume(volumeId: string, sizeBytes: number): Promise<void> {
+    return this.engine.resizeVolume(volumeId, sizeBytes);
   }
 
   // ----- snapshots --------------------------------------------------------------------------------------
@@ -141,118 +188,122 @@ export class EngineBackend implements VolumeBackend {
     volumeId: string,
     opts: { method: EngineSnapshotMethod; tag: string; mountpoint?: string },
   ): Promise<EngineSnapshot> {
-    const v = this.vol(volumeId);
-    const cut = (): Promise<SnapshotInfo> => v.createSnapshot({ method: opts.method, tag: opts.tag });
-    const info = await this.datapath.cut(cut, opts.mountpoint === undefined ? {} : { mountpoint: opts.mountpoint });
-    return toSnapshot(info);
+    const v = this.engine.own(volumeId);
+    return toSnapshot(await this.cut(() => v.createSnapshot({ method: opts.method, tag: opts.tag }), opts.mountpoint));
   }
 
   getSnapshot(volumeId: string, engineSnapshotId: number): EngineSnapshot | undefined {
-    const v = this.volumes.get(volumeId);
-    const info = v?.listSnapshots().find((s) => s.id === engineSnapshotId);
+    const info = this.ownOrUndefined(volumeId)
+      ?.listSnapshots()
+      .find((s) => s.id === engineSnapshotId);
     return info === undefined ? undefined : toSnapshot(info);
   }
 
   findSnapshotByTag(volumeId: string, tag: string): EngineSnapshot | undefined {
-    const info = this.volumes.get(volumeId)?.findSnapshotByTag(tag);
+    const info = this.ownOrUndefined(volumeId)?.findSnapshotByTag(tag);
     return info === undefined ? undefined : toSnapshot(info);
   }
 
   listSnapshots(volumeId: string): EngineSnapshot[] {
-    return (this.volumes.get(volumeId)?.listSnapshots() ?? []).map(toSnapshot);
+    return (this.ownOrUndefined(volumeId)?.listSnapshots() ?? []).map(toSnapshot);
   }
 
-  async deleteSnapshot(volumeId: string, engineSnapshotId: number): Promise<void> {
-    const v = this.volumes.get(volumeId);
-    if (!v || !v.listSnapshots().some((s) => s.id === engineSnapshotId)) return;
-    await v.deleteSnapshot(engineSnapshotId);
+  deleteSnapshot(volumeId: string, engineSnapshotId: number): Promise<void> {
+    return this.engine.deleteSnapshot(volumeId, engineSnapshotId);
+  }
+
+  createImage(snapshotId: string, volumeId: string, opts: { mountpoint?: string }) {
+    return this.engine.createImage(snapshotId, volumeId, (fn) => this.cut(fn, opts.mountpoint));
+  }
+
+  imageState(snapshotId: string): ImageState {
+    return this.engine.imageState(snapshotId);
+  }
+
+  deleteImage(snapshotId: string): Promise<'deleted' | 'retired' | 'absent'> {
+    return this.engine.deleteImage(snapshotId);
+  }
+
+  imagesCopyingFrom(volumeId: string): string[] {
+    return this.engine.imagesCopyingFrom(volumeId);
+  }
+
+  startHydration(volumeId: string): Promise<void> {
+    return this.engine.startHydration(volumeId);
+  }
+
+  hydrationState(volumeId: string): Progress | undefined {
+    return this.engine.hydrationState(volumeId);
+  }
+
+  startRestore(
+    volumeId: string,
+    source: { engineSnapshotId: number } | { rwCloneVolumeId: string },
+    order?: 'old-then-new' | 'new-then-old',
+  ): Promise<void> {
+    return this.engine.startRestore(volumeId, source, order);
+  }
+
+  restoreState(volumeId: string): Progress | undefined {
+    return this.engine.restoreState(volumeId);
+  }
+
+  refreshVolume(volumeId: string, target: { engineSnapshotId: number } | 'new', opts: { mountpoint?: string }) {
+    return this.engine.refresh(volumeId, target, (fn) => this.cut(fn, opts.mountpoint));
+  }
+
+  onJobDone(listener: JobDoneListener): void {
+    this.engine.onJobDone(listener);
   }
 
   allocatedExtents(volumeId: string, engineSnapshotId: number, q: ExtentQuery): ByteExtent[] {
-    return this.vol(volumeId).allocatedExtents(engineSnapshotId, {
+    return this.engine.own(volumeId).allocatedExtents(engineSnapshotId, {
       startingOffset: q.startingOffset,
       maxResults: q.maxResults,
     });
   }
 
   changedExtents(volumeId: string, base: number, target: number, q: ExtentQuery): ByteExtent[] {
-    return this.vol(volumeId).changedExtents(base, target, {
+    return this.engine.own(volumeId).changedExtents(base, target, {
       startingOffset: q.startingOffset,
       maxResults: q.maxResults,
     });
   }
 
   async readSnapshot(volumeId: string, engineSnapshotId: number, offset: number, into: Uint8Array): Promise<void> {
-    await this.vol(volumeId).readSnapshotInto(engineSnapshotId, offset, into);
-  }
-
-  async copySnapshotInto(
-    src: { volumeId: string; engineSnapshotId: number },
-    dstVolumeId: string,
-    signal?: AbortSignal,
-  ): Promise<{ copiedBytes: number }> {
-    const from = this.vol(src.volumeId);
-    const to = this.vol(dstVolumeId);
-    const release = from.pinSnapshot(src.engineSnapshotId);
-    let copied = 0;
-    try {
-      let offset = 0;
-      for (;;) {
-        const batch = from.allocatedExtents(src.engineSnapshotId, { startingOffset: offset, maxResults: 256 });
-        if (batch.length === 0) break;
-        for (const e of batch) {
-          const start = Math.max(e.offset, offset);
-          for (let pos = start; pos < e.offset + e.length; pos += COPY_CHUNK_BYTES) {
-            if (signal?.aborted) throw new CsiError('CSI_ERR_BUSY', 'copy cancelled by the client');
-            const len = Math.min(COPY_CHUNK_BYTES, e.offset + e.length - pos);
-            const buf = new Uint8Array(len);
-            await from.readSnapshotInto(src.engineSnapshotId, pos, buf);
-            if (!isZero(buf)) await to.write(pos, buf);
-            copied += len;
-          }
-          offset = e.offset + e.length;
-        }
-      }
-      await to.flush();
-    } finally {
-      release();
-    }
-    return { copiedBytes: copied };
+    await this.engine.own(volumeId).readSnapshotInto(engineSnapshotId, offset, into);
   }
 
   // ----- live content (node agent: in-place restore and refresh, csi/src/agent/content-port.ts) ------------
 
   blockSize(volumeId: string): number {
-    return this.vol(volumeId).blockSize;
+    return this.engine.content(volumeId).blockSize;
   }
 
   liveAllocatedExtents(volumeId: string, q: ExtentQuery): ByteExtent[] {
-    return this.vol(volumeId).allocatedExtents('live', { startingOffset: q.startingOffset, maxResults: q.maxResults });
+    return this.engine.content(volumeId).allocatedExtents(q.startingOffset, q.maxResults);
   }
 
   async readLive(volumeId: string, offset: number, into: Uint8Array): Promise<void> {
-    await this.vol(volumeId).readInto(offset, into);
+    await this.engine.content(volumeId).read(offset, into);
   }
 
   async writeLive(volumeId: string, offset: number, data: Uint8Array): Promise<void> {
-    await this.vol(volumeId).write(offset, data);
+    await this.engine.content(volumeId).write(offset, data);
   }
 
   async discardLive(volumeId: string, offset: number, length: number): Promise<void> {
-    await this.vol(volumeId).discard(offset, length);
+    await this.engine.content(volumeId).discard(offset, length);
   }
 
   async flushLive(volumeId: string): Promise<void> {
-    await this.vol(volumeId).flush();
+    await this.engine.content(volumeId).flush();
   }
 
   // ----- data path --------------------------------------------------------------------------------------
 
   async attachVolume(volumeId: string): Promise<LoopDevice> {
-    const v = this.vol(volumeId);
-    if (!this.datapath.views().includes(volumeId)) {
-      this.datapath.exposeLive(volumeId, volumeId, livePort(v, this.clonePath(volumeId)));
-    }
+    if (!this.datapath.views().includes(volumeId)) this.expose(volumeId);
     try {
       return await this.datapath.attach(volumeId);
     } catch (err) {
@@ -261,10 +312,40 @@ export class EngineBackend implements VolumeBackend {
     }
   }
 
+  private expose(volumeId: string): void {
+    const kind = this.engine.backing(volumeId);
+    if (kind === 'hydrating') {
+      const view = this.engine.hydrateView(volumeId)!;
+      this.datapath.exposeRw(volumeId, volumeId, {
+        get sizeBytes() {
+          return view.sizeBytes;
+        },
+        blockSize: view.blockSize,
+        read: (o, into) => view.read(o, into),
+        write: (o, d) => view.write(o, d),
+        discard: (o, n) => view.discard(o, n),
+        flush: () => view.flush(),
+      });
+      return;
+    }
+    const ref = this.engine.rwRef(volumeId);
+    if (ref !== undefined) {
+      const base = this.engine.engine(ref.store, ref.baseId)!;
+      this.datapath.exposeRw(volumeId, ref.baseId, rwPort(base, ref.rwId));
+      return;
+    }
+    const v = this.engine.own(volumeId);
+    this.datapath.exposeLive(
+      volumeId,
+      volumeId,
+      livePort(v, join(this.opts.stateDir, 'volumes', volumeId, 'clone.img')),
+    );
+  }
+
   async detachVolume(volumeId: string): Promise<void> {
     await this.datapath.detach(volumeId);
     await this.datapath.unexpose(volumeId);
-    await this.volumes.get(volumeId)?.flush();
+    if (this.engine.backing(volumeId) !== undefined) await this.engine.content(volumeId).flush();
   }
 
   async attachedDevice(volumeId: string): Promise<LoopDevice | undefined> {
@@ -273,14 +354,24 @@ export class EngineBackend implements VolumeBackend {
   }
 
   async condition(volumeId: string): Promise<VolumeCondition> {
-    const v = this.volumes.get(volumeId);
-    if (!v) return { abnormal: true, message: 'the engine volume is missing' };
+    const kind = this.engine.backing(volumeId);
+    if (kind === undefined) return { abnormal: true, message: 'the engine volume is missing' };
+    let invalid = 0;
     try {
-      v.allocatedExtents('live', { maxResults: 1 });
+      if (kind === 'volume') {
+        const v = this.engine.own(volumeId);
+        v.allocatedExtents('live', { maxResults: 1 });
+        invalid = v.stats().invalidSnapshotCount;
+      } else {
+        this.engine.content(volumeId).allocatedExtents(0, 1);
+        const ref = this.engine.rwRef(volumeId);
+        if (ref !== undefined && !this.engine.engine(ref.store, ref.baseId)!.getRw(ref.rwId).valid) {
+          return { abnormal: true, message: 'the snapshot this thin clone is based on lost data (save pool full)' };
+        }
+      }
     } catch (err) {
       return { abnormal: true, message: `engine: ${(err as Error).message}` };
     }
-    const invalid = v.stats().invalidSnapshotCount;
     if (this.datapath.views().includes(volumeId)) {
       const path = this.datapath.pathOf(volumeId);
       if (!(await isReachable(path))) return { abnormal: true, message: `data path: ${path} is not reachable` };
@@ -292,6 +383,7 @@ export class EngineBackend implements VolumeBackend {
     if (invalid > 0) {
       return { abnormal: false, message: `${invalid} snapshot(s) invalidated by a full save pool` };
     }
+    if (kind === 'hydrating') return { abnormal: false, message: 'volume is healthy (hydrating)' };
     return { abnormal: false, message: 'volume is healthy' };
   }
 
@@ -304,7 +396,7 @@ export class EngineBackend implements VolumeBackend {
 
   volumeSamples(): VolumeGaugeSample[] {
     const out: VolumeGaugeSample[] = [];
-    for (const [volumeId, v] of this.volumes) {
+    for (const [volumeId, v] of this.engine.openVolumes()) {
       if (v.isClosed) continue;
       const s = v.stats();
       out.push({
@@ -321,7 +413,7 @@ export class EngineBackend implements VolumeBackend {
   }
 
   jobSamples(): JobSample[] {
-    return [];
+    return this.engine.jobSamples();
   }
 
   healthy(): boolean {
@@ -329,14 +421,16 @@ export class EngineBackend implements VolumeBackend {
   }
 
   /**
-   * Stops the data path, then closes every volume (flush + checkpoint; the flush also covers the workers'
-   * direct writes to clone.img). Callers detach volumes first (NodeService.teardownAll); a view still held
-   * open by a busy mount is cut off (lazy unmount, aborted connection): its file system fails with EIO.
+   * Stops the background jobs and the data path, then closes every volume (flush + checkpoint; the flush also
+   * covers the workers' direct writes to clone.img). Callers detach volumes first (NodeService.teardownAll); a
+   * view still held open by a busy mount is cut off (lazy unmount, aborted connection): its file system fails
+   * with EIO.
    */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     const errors: unknown[] = [];
+    await this.engine.scheduler.close();
     const attached = this.datapath.views();
     if (attached.length > 0) {
       this.log.warn({ views: attached }, 'Stopping with attached volumes; their file systems will fail with EIO');
@@ -345,44 +439,20 @@ export class EngineBackend implements VolumeBackend {
       errors.push(err);
       this.log.error({ err }, 'Failed to stop the data path');
     });
-    for (const [id, v] of this.volumes) {
-      await v.close().catch((err: unknown) => {
-        errors.push(err);
-        this.log.error({ err, volumeId: id }, 'Failed to close engine volume');
-      });
-    }
-    this.volumes.clear();
+    errors.push(...(await this.engine.close()));
     if (errors.length > 0) throw new AggregateError(errors, 'closing the storage backend failed');
   }
 
-  private vol(volumeId: string): SnapshotVolume {
-    const v = this.volumes.get(volumeId);
-    if (!v) throw new CsiError('CSI_ERR_VOLUME_NOT_FOUND', `engine volume ${volumeId} is not open`);
-    return v;
+  private ownOrUndefined(volumeId: string): SnapshotVolume | undefined {
+    return this.engine.backing(volumeId) === 'volume' ? this.engine.own(volumeId) : undefined;
   }
 
-  private clonePath(volumeId: string): string {
-    return join(this.store.volumeDir(volumeId), 'clone.img');
+  private cut<T>(fn: () => Promise<T>, mountpoint: string | undefined): Promise<T> {
+    return this.datapath.cut(fn, mountpoint === undefined ? {} : { mountpoint });
   }
 }
 
-/** The data path's view port of a volume's live view (pread/pwrite of clone.img on the fast path). */
-function livePort(volume: SnapshotVolume, clonePath: string): LiveVolumePort {
-  return {
-    get sizeBytes() {
-      return volume.sizeBytes;
-    },
-    blockSize: volume.blockSize,
-    clonePath,
-    fastPath: () => volume.sharedState(),
-    read: (offset, into) => volume.readInto(offset, into),
-    write: (offset, data) => volume.write(offset, data),
-    discard: (offset, length) => volume.discard(offset, length),
-    flush: () => volume.flush(),
-  };
-}
-
-function toSnapshot(info: SnapshotInfo): EngineSnapshot {
+export function toSnapshot(info: SnapshotInfo): EngineSnapshot {
   return {
     engineSnapshotId: info.id,
     method: info.method,
@@ -390,10 +460,6 @@ function toSnapshot(info: SnapshotInfo): EngineSnapshot {
     tag: info.tag,
     createdAt: info.createdAt,
     sizeBytes: info.sizeBytes,
+    hidden: info.hidden,
   };
-}
-
-function isZero(buf: Uint8Array): boolean {
-  for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
-  return true;
 }

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-// VolumeBackend for unit tests of the driver's pure logic: real engine volumes (SnapshotVolume) on memory
-// devices, no data path. Stage/publish need the real backend (integration tests); here they fail loudly.
-// Fault injection: `failNext(method)` makes the next call of that method throw.
+// VolumeBackend for unit tests of the driver's logic: the same engine-side logic as the real backend
+// (engine-volumes.ts: thin clones, images, hydration, restores, background jobs) over real engine volumes on
+// memory devices, with no data path. Stage/publish need the real backend (integration tests); here they fail
+// loudly; cuts are never frozen. Fault injection: `failNext(method)` makes the next call of that method throw;
+// `holdNext(method)` parks the next call until released.
+import { createLogger } from '../../../common/src/log.js';
 import { MemBlockDevice, MemMetaStore } from '../engine/block-device.js';
 import { SnapshotVolume } from '../engine/volume.js';
-import { CsiError } from '../errors.js';
 import type { LoopDevice } from '../mount/loop-device.js';
 import type { JobSample, VolumeGaugeSample } from '../metrics.js';
 import type {
@@ -13,23 +15,86 @@ import type {
   EngineSnapshot,
   EngineSnapshotMethod,
   ExtentQuery,
+  ImageState,
+  Progress,
   VolumeBackend,
   VolumeCondition,
 } from './backend.js';
+import { toSnapshot } from './engine-backend.js';
+import {
+  type BackingKind,
+  type CloneSource,
+  EngineVolumes,
+  type JobDoneListener,
+  type StoreKind,
+  type VolumeFactory,
+} from './engine-volumes.js';
+import { copyContent } from './volume-copy.js';
 
-interface Stored {
+interface Devices {
   clone: MemBlockDevice;
   save: MemBlockDevice;
   meta: MemMetaStore;
-  volume: SnapshotVolume;
 }
 
+/** Engine volumes on memory devices that survive close(): open() finds them again. */
+export class MemoryFactory implements VolumeFactory {
+  readonly stores: Record<StoreKind, Map<string, Devices>> = { volumes: new Map(), images: new Map() };
+
+  async create(store: StoreKind, id: string, options: Parameters<VolumeFactory['create']>[2]) {
+    if (this.stores[store].has(id)) throw new Error(`engine volume ${id} exists`);
+    const bs = options.blockSize ?? 4096;
+    const d = { clone: new MemBlockDevice(bs), save: new MemBlockDevice(bs), meta: new MemMetaStore() };
+    const v = await SnapshotVolume.create(d, options);
+    this.stores[store].set(id, d);
+    return v;
+  }
+
+  async open(store: StoreKind, id: string) {
+    const d = this.stores[store].get(id);
+    if (d === undefined) throw new Error(`engine volume ${id} does not exist`);
+    return SnapshotVolume.open(d);
+  }
+
+  async remove(store: StoreKind, id: string) {
+    this.stores[store].delete(id);
+  }
+
+  list(store: StoreKind): string[] {
+    return [...this.stores[store].keys()].sort();
+  }
+}
+
+const immediate = <T>(fn: () => Promise<T>) => fn();
+
 export class MemoryBackend implements VolumeBackend {
-  readonly features: BackendFeatures = { rwClones: false, cloneImages: false, onlineResize: false };
+  readonly features: BackendFeatures = { rwClones: true, cloneImages: true, onlineResize: false };
   readonly blockSizeBytes = 4096;
-  readonly volumes = new Map<string, Stored>();
+  readonly engine: EngineVolumes;
   private readonly faults = new Set<string>();
   private readonly holds = new Map<string, { gate: Promise<void>; arrive: () => void }>();
+
+  constructor(readonly factory = new MemoryFactory()) {
+    this.engine = new EngineVolumes(factory, {
+      blockSizeBytes: 4096,
+      granuleBlocks: 1,
+      saveQuotaBytes: null,
+      log: createLogger({ component: 'memory-backend', level: 'silent' }),
+      scheduler: { rateBytesPerSecond: 0 },
+    });
+  }
+
+  /** Opens what the factory holds (a "restart" over the same devices). */
+  static async start(factory = new MemoryFactory()): Promise<MemoryBackend> {
+    const b = new MemoryBackend(factory);
+    await b.engine.start();
+    return b;
+  }
+
+  /** Own engine volumes by CSI volume id (test helper). */
+  get volumes(): Map<string, SnapshotVolume> {
+    return new Map(this.engine.openVolumes());
+  }
 
   failNext(method: keyof VolumeBackend): void {
     this.faults.add(method);
@@ -60,91 +125,130 @@ export class MemoryBackend implements VolumeBackend {
 
   async createVolume(volumeId: string, sizeBytes: number): Promise<void> {
     await this.fault('createVolume');
-    if (this.volumes.has(volumeId)) throw new Error(`volume ${volumeId} exists`);
-    const clone = new MemBlockDevice(4096);
-    const save = new MemBlockDevice(4096);
-    const meta = new MemMetaStore();
-    const volume = await SnapshotVolume.create({ clone, save, meta }, { sizeBytes });
-    this.volumes.set(volumeId, { clone, save, meta, volume });
+    await this.engine.createVolume(volumeId, sizeBytes);
   }
 
-  async deleteVolume(volumeId: string): Promise<void> {
+  async createRwClone(volumeId: string, source: CloneSource, sizeBytes: number): Promise<void> {
+    await this.fault('createRwClone');
+    await this.engine.createRwClone(volumeId, source, sizeBytes);
+  }
+
+  async cloneVolume(volumeId: string, sourceVolumeId: string, sizeBytes: number): Promise<number> {
+    await this.fault('cloneVolume');
+    return this.engine.cloneLive(volumeId, sourceVolumeId, sizeBytes, immediate);
+  }
+
+  async copyVolumeInto(srcVolumeId: string, dstVolumeId: string): Promise<{ copiedBytes: number }> {
+    await this.fault('copyVolumeInto');
+    return copyContent(this.engine.content(srcVolumeId), this.engine.own(dstVolumeId));
+  }
+
+  backing(volumeId: string): BackingKind | undefined {
+    return this.engine.backing(volumeId);
+  }
+
+  rwClonesOf(volumeId: string): string[] {
+    return this.engine.rwClonesOf('volumes', volumeId);
+  }
+
+  async deleteVolume(volumeId: string): Promise<'deleted' | 'retired' | 'absent'> {
     await this.fault('deleteVolume');
-    const s = this.volumes.get(volumeId);
-    if (!s) return;
-    await s.volume.close();
-    this.volumes.delete(volumeId);
+    return this.engine.deleteVolume(volumeId);
   }
 
   hasVolume(volumeId: string): boolean {
-    return this.volumes.has(volumeId);
+    return this.engine.backing(volumeId) !== undefined;
   }
 
   volumeSizeBytes(volumeId: string): number {
-    return this.vol(volumeId).sizeBytes;
+    return this.engine.content(volumeId).sizeBytes;
   }
 
   async resizeVolume(volumeId: string, sizeBytes: number): Promise<void> {
-    await this.vol(volumeId).resize(sizeBytes);
+    await this.engine.resizeVolume(volumeId, sizeBytes);
   }
 
   async createSnapshot(volumeId: string, opts: { method: EngineSnapshotMethod; tag: string }): Promise<EngineSnapshot> {
     await this.fault('createSnapshot');
-    return toSnapshot(await this.vol(volumeId).createSnapshot({ method: opts.method, tag: opts.tag }));
+    return toSnapshot(await this.engine.own(volumeId).createSnapshot({ method: opts.method, tag: opts.tag }));
   }
 
   getSnapshot(volumeId: string, engineSnapshotId: number): EngineSnapshot | undefined {
-    const info = this.volumes
-      .get(volumeId)
-      ?.volume.listSnapshots()
+    const info = this.own(volumeId)
+      ?.listSnapshots()
       .find((s) => s.id === engineSnapshotId);
     return info && toSnapshot(info);
   }
 
   findSnapshotByTag(volumeId: string, tag: string): EngineSnapshot | undefined {
-    const info = this.volumes.get(volumeId)?.volume.findSnapshotByTag(tag);
+    const info = this.own(volumeId)?.findSnapshotByTag(tag);
     return info && toSnapshot(info);
   }
 
   listSnapshots(volumeId: string): EngineSnapshot[] {
-    return (this.volumes.get(volumeId)?.volume.listSnapshots() ?? []).map(toSnapshot);
+    return (this.own(volumeId)?.listSnapshots() ?? []).map(toSnapshot);
   }
 
   async deleteSnapshot(volumeId: string, engineSnapshotId: number): Promise<void> {
     await this.fault('deleteSnapshot');
-    const v = this.volumes.get(volumeId)?.volume;
-    if (!v || !v.listSnapshots().some((s) => s.id === engineSnapshotId)) return;
-    await v.deleteSnapshot(engineSnapshotId);
+    await this.engine.deleteSnapshot(volumeId, engineSnapshotId);
+  }
+
+  async createImage(snapshotId: string, volumeId: string) {
+    await this.fault('createImage');
+    return this.engine.createImage(snapshotId, volumeId, immediate);
+  }
+
+  imageState(snapshotId: string): ImageState {
+    return this.engine.imageState(snapshotId);
+  }
+
+  deleteImage(snapshotId: string): Promise<'deleted' | 'retired' | 'absent'> {
+    return this.engine.deleteImage(snapshotId);
+  }
+
+  imagesCopyingFrom(volumeId: string): string[] {
+    return this.engine.imagesCopyingFrom(volumeId);
+  }
+
+  startHydration(volumeId: string): Promise<void> {
+    return this.engine.startHydration(volumeId);
+  }
+
+  hydrationState(volumeId: string): Progress | undefined {
+    return this.engine.hydrationState(volumeId);
+  }
+
+  startRestore(
+    volumeId: string,
+    source: { engineSnapshotId: number } | { rwCloneVolumeId: string },
+    order?: 'old-then-new' | 'new-then-old',
+  ): Promise<void> {
+    return this.engine.startRestore(volumeId, source, order);
+  }
+
+  restoreState(volumeId: string): Progress | undefined {
+    return this.engine.restoreState(volumeId);
+  }
+
+  refreshVolume(volumeId: string, target: { engineSnapshotId: number } | 'new') {
+    return this.engine.refresh(volumeId, target, immediate);
+  }
+
+  onJobDone(listener: JobDoneListener): void {
+    this.engine.onJobDone(listener);
   }
 
   allocatedExtents(volumeId: string, engineSnapshotId: number, q: ExtentQuery): ByteExtent[] {
-    return this.vol(volumeId).allocatedExtents(engineSnapshotId, q);
+    return this.engine.own(volumeId).allocatedExtents(engineSnapshotId, q);
   }
 
   changedExtents(volumeId: string, base: number, target: number, q: ExtentQuery): ByteExtent[] {
-    return this.vol(volumeId).changedExtents(base, target, q);
+    return this.engine.own(volumeId).changedExtents(base, target, q);
   }
 
   async readSnapshot(volumeId: string, engineSnapshotId: number, offset: number, into: Uint8Array): Promise<void> {
-    await this.vol(volumeId).readSnapshotInto(engineSnapshotId, offset, into);
-  }
-
-  async copySnapshotInto(
-    src: { volumeId: string; engineSnapshotId: number },
-    dstVolumeId: string,
-  ): Promise<{ copiedBytes: number }> {
-    await this.fault('copySnapshotInto');
-    const from = this.vol(src.volumeId);
-    const to = this.vol(dstVolumeId);
-    let copied = 0;
-    for (const e of from.allocatedExtents(src.engineSnapshotId)) {
-      const buf = new Uint8Array(e.length);
-      await from.readSnapshotInto(src.engineSnapshotId, e.offset, buf);
-      await to.write(e.offset, buf);
-      copied += e.length;
-    }
-    await to.flush();
-    return { copiedBytes: copied };
+    await this.engine.own(volumeId).readSnapshotInto(engineSnapshotId, offset, into);
   }
 
   async attachVolume(): Promise<LoopDevice> {
@@ -158,7 +262,7 @@ export class MemoryBackend implements VolumeBackend {
   }
 
   async condition(volumeId: string): Promise<VolumeCondition> {
-    return this.volumes.has(volumeId)
+    return this.hasVolume(volumeId)
       ? { abnormal: false, message: 'volume is healthy' }
       : { abnormal: true, message: 'the engine volume is missing' };
   }
@@ -168,8 +272,8 @@ export class MemoryBackend implements VolumeBackend {
   }
 
   volumeSamples(): VolumeGaugeSample[] {
-    return [...this.volumes].map(([volumeId, s]) => {
-      const st = s.volume.stats();
+    return this.engine.openVolumes().map(([volumeId, v]) => {
+      const st = v.stats();
       return {
         volumeId,
         savePoolUsedBytes: st.savePoolUsedBytes,
@@ -183,7 +287,7 @@ export class MemoryBackend implements VolumeBackend {
   }
 
   jobSamples(): JobSample[] {
-    return [];
+    return this.engine.jobSamples();
   }
 
   healthy(): boolean {
@@ -191,30 +295,20 @@ export class MemoryBackend implements VolumeBackend {
   }
 
   async close(): Promise<void> {
-    for (const s of this.volumes.values()) await s.volume.close();
+    await this.engine.close();
   }
 
+  /** The engine volume of a volume of its own (throws for thin clones). */
   vol(volumeId: string): SnapshotVolume {
-    const s = this.volumes.get(volumeId);
-    if (!s) throw new CsiError('CSI_ERR_VOLUME_NOT_FOUND', `engine volume ${volumeId} is not open`);
-    return s.volume;
+    return this.engine.own(volumeId);
   }
-}
 
-function toSnapshot(info: {
-  id: number;
-  method: EngineSnapshotMethod;
-  state: string;
-  tag: string;
-  createdAt: number;
-  sizeBytes: number;
-}): EngineSnapshot {
-  return {
-    engineSnapshotId: info.id,
-    method: info.method,
-    state: info.state === 'invalid' ? 'invalid' : 'valid',
-    tag: info.tag,
-    createdAt: info.createdAt,
-    sizeBytes: info.sizeBytes,
-  };
+  /** Content of any volume (thin clones and hydrating volumes included). */
+  content(volumeId: string) {
+    return this.engine.content(volumeId);
+  }
+
+  private own(volumeId: string): SnapshotVolume | undefined {
+    return this.engine.backing(volumeId) === 'volume' ? this.engine.own(volumeId) : undefined;
+  }
 }

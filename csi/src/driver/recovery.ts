@@ -8,12 +8,18 @@
 //   snapshot creating -> roll forward when the source volume holds an engine snapshot tagged with the id
 //                        (the cut completed), else drop the record
 //            deleting -> finish the delete
-// Engine snapshots tagged `clone-source:<volumeId>` are hidden snapshots of an interrupted clone: deleted.
+// Engine snapshots tagged `clone-source:<volumeId>` are hidden snapshots of an interrupted interim full-copy
+// clone, and `clone-cut:<snapshotId>` ones without a record the cuts of an interrupted clone-method snapshot:
+// deleted. Background jobs are caught up: a hydration that ended before its record was updated makes the
+// origin `copy`, a thin clone created with `hydrate: "true"` whose hydration never started starts it, a
+// clone-method snapshot whose image is complete becomes readyToUse.
 // Engine volumes without a record are reported, never deleted (they may be someone's data).
 import { unmount } from '../mount/mounts.js';
 import type { SnapshotRecord } from '../state/records.js';
 import { HIDDEN_CLONE_TAG_PREFIX } from './backend.js';
 import type { DriverContext } from './context.js';
+import { CLONE_CUT_TAG_PREFIX } from './engine-volumes.js';
+import { parseVolumeParameters } from './parameters.js';
 
 export interface RecoveryReport {
   readonly volumesRolledBack: string[];
@@ -25,6 +31,9 @@ export interface RecoveryReport {
   readonly snapshotsDeleted: string[];
   readonly hiddenSnapshotsDeleted: number;
   readonly orphanEngineVolumes: string[];
+  readonly hydrationsFinished: string[];
+  readonly hydrationsStarted: string[];
+  readonly imagesReady: string[];
 }
 
 export async function recoverState(d: DriverContext, storedVolumeIds: readonly string[]): Promise<RecoveryReport> {
@@ -38,13 +47,22 @@ export async function recoverState(d: DriverContext, storedVolumeIds: readonly s
     snapshotsDeleted: [] as string[],
     hiddenSnapshotsDeleted: 0,
     orphanEngineVolumes: [] as string[],
+    hydrationsFinished: [] as string[],
+    hydrationsStarted: [] as string[],
+    imagesReady: [] as string[],
   };
   for (const s of d.state.snapshots()) {
-    if (s.phase === 'creating') {
+    if (s.phase === 'ready' && s.method === 'clone' && !s.readyToUse) {
+      if (d.backend.imageState(s.snapshotId).state === 'ready') {
+        await d.state.putSnapshot({ ...s, readyToUse: true });
+        r.imagesReady.push(s.snapshotId);
+      }
+    } else if (s.phase === 'creating') {
       if (await settleCreatingSnapshot(d, s)) r.snapshotsCompleted.push(s.snapshotId);
       else r.snapshotsDropped.push(s.snapshotId);
     } else if (s.phase === 'deleting') {
-      if (s.engineSnapshotId >= 0) await d.backend.deleteSnapshot(s.sourceVolumeId, s.engineSnapshotId);
+      if (s.method === 'clone') await d.backend.deleteImage(s.snapshotId);
+      else if (s.engineSnapshotId >= 0) await d.backend.deleteSnapshot(s.sourceVolumeId, s.engineSnapshotId);
       await d.state.removeSnapshot(s.snapshotId);
       r.snapshotsDeleted.push(s.snapshotId);
     }
@@ -57,6 +75,17 @@ export async function recoverState(d: DriverContext, storedVolumeIds: readonly s
       continue;
     }
     if (!d.backend.hasVolume(v.volumeId)) r.volumesMissingInEngine.push(v.volumeId);
+    else if (v.origin.kind === 'rw-clone' && d.backend.backing(v.volumeId) === 'volume') {
+      await d.state.putVolume({ ...(d.state.volume(v.volumeId) ?? v), origin: { kind: 'copy' } });
+      r.hydrationsFinished.push(v.volumeId);
+    } else if (
+      v.origin.kind === 'rw-clone' &&
+      d.backend.backing(v.volumeId) === 'rw' &&
+      parseVolumeParameters(v.parameters).hydrate
+    ) {
+      await d.backend.startHydration(v.volumeId);
+      r.hydrationsStarted.push(v.volumeId);
+    }
     if (v.stage || Object.keys(v.publish).length > 0) {
       // Binds of a block device node carry the major:minor of /dev, not of the loop device, so the data
       // path's cleanup cannot find them: unmount them here (lazily: a pod may still hold them open).
@@ -75,7 +104,10 @@ export async function recoverState(d: DriverContext, storedVolumeIds: readonly s
   }
   for (const v of d.state.volumes()) {
     for (const hidden of d.backend.listSnapshots(v.volumeId)) {
-      if (!hidden.tag.startsWith(HIDDEN_CLONE_TAG_PREFIX)) continue;
+      const cutOf = hidden.tag.startsWith(CLONE_CUT_TAG_PREFIX) ? hidden.tag.slice(CLONE_CUT_TAG_PREFIX.length) : '';
+      const orphanCut = cutOf !== '' && d.state.snapshot(cutOf) === undefined;
+      if (!hidden.tag.startsWith(HIDDEN_CLONE_TAG_PREFIX) && !orphanCut) continue;
+      if (orphanCut) await d.backend.deleteImage(cutOf);
       await d.backend.deleteSnapshot(v.volumeId, hidden.engineSnapshotId);
       r.hiddenSnapshotsDeleted++;
     }
@@ -89,7 +121,10 @@ export async function recoverState(d: DriverContext, storedVolumeIds: readonly s
       r.snapshotsCompleted.length +
       r.snapshotsDropped.length +
       r.snapshotsDeleted.length +
-      r.hiddenSnapshotsDeleted >
+      r.hiddenSnapshotsDeleted +
+      r.hydrationsFinished.length +
+      r.hydrationsStarted.length +
+      r.imagesReady.length >
     0;
   if (changed) d.log.warn(r, 'Recovered driver state after an unclean stop');
   if (r.volumesMissingInEngine.length > 0) {
@@ -106,6 +141,26 @@ export async function recoverState(d: DriverContext, storedVolumeIds: readonly s
  * (the cut happened), removed otherwise. Returns whether it completed.
  */
 export async function settleCreatingSnapshot(d: DriverContext, s: SnapshotRecord): Promise<boolean> {
+  if (s.method === 'clone') {
+    const image = d.backend.imageState(s.snapshotId);
+    const cut = d.backend.findSnapshotByTag(s.sourceVolumeId, CLONE_CUT_TAG_PREFIX + s.snapshotId);
+    // The cut is released once the image is complete; before that both must exist for the copy to go on.
+    if (image.state === 'absent' || (cut === undefined && image.state !== 'ready')) {
+      await d.backend.deleteImage(s.snapshotId);
+      if (cut !== undefined) await d.backend.deleteSnapshot(s.sourceVolumeId, cut.engineSnapshotId);
+      await d.state.removeSnapshot(s.snapshotId);
+      return false;
+    }
+    await d.state.putSnapshot({
+      ...s,
+      engineSnapshotId: cut?.engineSnapshotId ?? s.engineSnapshotId,
+      sizeBytes: cut?.sizeBytes ?? image.totalBytes,
+      createdAt: cut?.createdAt ?? s.createdAt,
+      readyToUse: image.state === 'ready',
+      phase: 'ready',
+    });
+    return true;
+  }
   const snap = d.backend.findSnapshotByTag(s.sourceVolumeId, s.snapshotId);
   if (!snap) {
     await d.state.removeSnapshot(s.snapshotId);

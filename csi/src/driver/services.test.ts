@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Driver logic over real engine volumes in memory (MemoryBackend) and real state files in a temp dir:
-// idempotency by name, conflicts, dependency checks, full-copy restore content, pagination, metadata pages,
-// crash recovery of every phase. Stage/publish need the data path and are covered by test/csi/.
+// idempotency by name, conflicts, dependency checks, thin clones and their content, pagination, metadata
+// pages, crash recovery of every phase. Stage/publish need the data path and are covered by test/csi/.
+// Thin clones, clone-method images, hydration, retirement, in-place restore and refresh: services-rw.test.ts.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -192,22 +193,42 @@ describe('driver services', () => {
     const restored = await volumes.create(
       input('r', { contentSource: { kind: 'snapshot', snapshotId: snap.snapshotId } }),
     );
-    expect(restored.origin).toEqual({ kind: 'copy' });
-    const r = backend.vol(restored.volumeId);
-    expect(await r.read(0, 8192)).toEqual(new Uint8Array(8192).fill(1));
-    expect(await r.read(3 * MiB, 100)).toEqual(new Uint8Array(100).fill(2));
+    expect(restored.origin).toEqual({
+      kind: 'rw-clone',
+      baseVolumeId: src.volumeId,
+      engineSnapshotId: snap.engineSnapshotId,
+    });
+    const read = async (id: string, off: number, n: number) => {
+      const buf = new Uint8Array(n);
+      await backend.content(id).read(off, buf);
+      return buf;
+    };
+    expect(await read(restored.volumeId, 0, 8192)).toEqual(new Uint8Array(8192).fill(1));
+    expect(await read(restored.volumeId, 3 * MiB, 100)).toEqual(new Uint8Array(100).fill(2));
     const cloned = await volumes.create(input('c', { contentSource: { kind: 'volume', volumeId: src.volumeId } }));
-    expect(await backend.vol(cloned.volumeId).read(0, 8192)).toEqual(new Uint8Array(8192).fill(9));
-    // The clone's hidden snapshot is gone again: only the CSI snapshot stays in the source queue.
-    expect(backend.listSnapshots(src.volumeId).map((s) => s.tag)).toEqual([snap.snapshotId]);
+    expect(cloned.origin.kind).toBe('rw-clone');
+    expect(await read(cloned.volumeId, 0, 8192)).toEqual(new Uint8Array(8192).fill(9));
+    // The clone's base is a hidden snapshot: only the CSI snapshot is visible in the source queue.
+    expect(
+      backend
+        .listSnapshots(src.volumeId)
+        .filter((s) => !s.hidden)
+        .map((s) => s.tag),
+    ).toEqual([snap.snapshotId]);
     await rejectsWith(volumes.delete(src.volumeId), 'FAILED_PRECONDITION', /snapshot/);
     await snapshots.delete(snap.snapshotId);
     await volumes.delete(src.volumeId);
     await volumes.delete(src.volumeId);
     expect(backend.hasVolume(src.volumeId)).toBe(false);
+    // Retired, not gone: the thin clones still read it, and it goes with the last of them.
+    expect(await read(restored.volumeId, 0, 8192)).toEqual(new Uint8Array(8192).fill(1));
+    expect(backend.factory.list('volumes')).toContain(src.volumeId);
+    await volumes.delete(restored.volumeId);
+    await volumes.delete(cloned.volumeId);
+    expect(backend.factory.list('volumes')).toEqual([]);
   });
 
-  it('6-4 CreateSnapshot: idempotent by name, ALREADY_EXISTS on another source or method, clone method UNIMPLEMENTED', async () => {
+  it('6-4 CreateSnapshot: idempotent by name, ALREADY_EXISTS on another source or method, bad methods refused', async () => {
     const a = await volumes.create(input('a'));
     const b = await volumes.create(input('b'));
     const s = await snapshots.create({ name: 'n', sourceVolumeId: a.volumeId, parameters: { method: 'meta-bitmap' } });
@@ -217,11 +238,6 @@ describe('driver services', () => {
     ).toBe(s.snapshotId);
     await rejectsWith(snapshots.create({ name: 'n', sourceVolumeId: b.volumeId, parameters: {} }), 'ALREADY_EXISTS');
     await rejectsWith(snapshots.create({ name: 'n', sourceVolumeId: a.volumeId, parameters: {} }), 'ALREADY_EXISTS');
-    await rejectsWith(
-      snapshots.create({ name: 'm', sourceVolumeId: a.volumeId, parameters: { method: 'clone' } }),
-      'UNIMPLEMENTED',
-      /issue 4/,
-    );
     await rejectsWith(
       snapshots.create({ name: 'm', sourceVolumeId: a.volumeId, parameters: { method: 'cow' } }),
       'INVALID_ARGUMENT',
@@ -310,7 +326,7 @@ describe('driver services', () => {
       /injected/,
     );
     expect(d.state.snapshotByName('s')).toBeUndefined();
-    backend.failNext('copySnapshotInto');
+    backend.failNext('createRwClone');
     const s = await snapshots.create({ name: 's', sourceVolumeId: a.volumeId, parameters: {} });
     await expect(
       volumes.create(input('r', { contentSource: { kind: 'snapshot', snapshotId: s.snapshotId } })),

@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // Snapshot operations: create (the cut, frozen when the volume's file system is mounted), delete, list, get.
-// A snapshot is an entry in its source volume's engine queue, tagged with the CSI snapshot id; the record
-// (phase creating -> ready) makes the pair crash-safe: recovery.ts completes a `creating` record whose tagged
-// engine snapshot exists and drops it otherwise.
+// A `save-volume` or `meta-bitmap` snapshot is an entry in its source volume's engine queue, tagged with the
+// CSI snapshot id; the record (phase creating -> ready) makes the pair crash-safe: recovery.ts completes a
+// `creating` record whose tagged engine snapshot exists and drops it otherwise. A `clone` snapshot is a hidden
+// cut plus an image volume of its own filled in the background (readyToUse false until the copy ends); the
+// image outlives the source volume, and volumes created from it are thin clones of it.
+// Delete is deferred in the engine while thin clones (or a running restore) still read the snapshot: the
+// record goes at once, the engine entry goes with its last dependant (EC-8, ADR 0008).
 import { CsiError } from '../errors.js';
 import { isSnapshotId, isVolumeId, newSnapshotId } from '../state/ids.js';
 import { RECORD_VERSION, type SnapshotRecord } from '../state/records.js';
@@ -31,10 +35,7 @@ export class SnapshotService {
   async create(input: CreateSnapshotInput): Promise<SnapshotRecord> {
     const { method } = parseSnapshotParameters(input.parameters);
     if (method === 'clone' && !this.d.backend.features.cloneImages) {
-      throw new CsiError(
-        'CSI_ERR_UNIMPLEMENTED',
-        'snapshot method "clone" needs the engine\'s independent images (engine issue 4); use save-volume or meta-bitmap',
-      );
+      throw new CsiError('CSI_ERR_UNIMPLEMENTED', 'snapshot method "clone" is not available on this node');
     }
     return this.d.locks.run('CreateSnapshot', [snapshotNameKey(input.name)], async () => {
       let existing = this.d.state.snapshotByName(input.name);
@@ -74,19 +75,25 @@ export class SnapshotService {
         .filter(
           (v) =>
             v.origin.kind === 'rw-clone' &&
-            v.origin.baseVolumeId === cur.sourceVolumeId &&
-            v.origin.engineSnapshotId === cur.engineSnapshotId,
-        );
-      if (users.length > 0) {
-        throw new CsiError(
-          'CSI_ERR_IN_USE',
-          `snapshot ${snapshotId} is the base of volume(s) ${users.map((v) => v.volumeId).join(', ')}`,
-        );
-      }
+            (v.origin.image === true
+              ? v.origin.baseVolumeId === cur.snapshotId
+              : v.origin.baseVolumeId === cur.sourceVolumeId && v.origin.engineSnapshotId === cur.engineSnapshotId),
+        )
+        .map((v) => v.volumeId);
       await this.d.state.putSnapshot({ ...cur, phase: 'deleting' });
-      if (cur.engineSnapshotId >= 0) await this.d.backend.deleteSnapshot(cur.sourceVolumeId, cur.engineSnapshotId);
+      await deleteEngineSnapshot(this.d, cur);
       await this.d.state.removeSnapshot(snapshotId);
-      this.d.log.info({ snapshotId, sourceVolumeId: cur.sourceVolumeId, name: cur.name }, 'Deleted snapshot');
+      this.d.log.info(
+        {
+          snapshotId,
+          sourceVolumeId: cur.sourceVolumeId,
+          name: cur.name,
+          ...(users.length > 0 ? { thinClones: users } : {}),
+        },
+        users.length > 0
+          ? 'Deleted snapshot; its data stays until the volumes made from it are deleted or hydrated'
+          : 'Deleted snapshot',
+      );
     });
   }
 
@@ -106,7 +113,11 @@ export class SnapshotService {
    * it is reported with readyToUse = false (and restores from it fail with FAILED_PRECONDITION).
    */
   private effective(rec: SnapshotRecord): SnapshotRecord {
-    if (!rec.readyToUse || rec.method === 'clone') return rec;
+    if (rec.method === 'clone') {
+      const ready = this.d.backend.imageState(rec.snapshotId).state === 'ready';
+      return ready === rec.readyToUse ? rec : { ...rec, readyToUse: ready };
+    }
+    if (!rec.readyToUse) return rec;
     const engine = this.d.backend.getSnapshot(rec.sourceVolumeId, rec.engineSnapshotId);
     return engine === undefined || engine.state === 'invalid' ? { ...rec, readyToUse: false } : rec;
   }
@@ -131,7 +142,6 @@ export class SnapshotService {
     if (!vol || !isVolumeId(vol.volumeId)) {
       throw new CsiError('CSI_ERR_VOLUME_NOT_FOUND', `source volume ${input.sourceVolumeId} does not exist`);
     }
-    if (method === 'clone') throw new CsiError('CSI_ERR_UNIMPLEMENTED', 'snapshot method "clone" is not available');
     const rec: SnapshotRecord = {
       version: RECORD_VERSION,
       snapshotId: newSnapshotId(),
@@ -149,20 +159,24 @@ export class SnapshotService {
     const mountpoint = vol.stage?.accessType === 'mount' ? vol.stage.stagingPath : undefined;
     let ready: SnapshotRecord;
     try {
-      const snap = await this.d.backend.createSnapshot(vol.volumeId, {
-        method,
-        tag: rec.snapshotId,
-        ...(mountpoint === undefined ? {} : { mountpoint }),
-      });
-      ready = {
-        ...rec,
-        engineSnapshotId: snap.engineSnapshotId,
-        sizeBytes: snap.sizeBytes,
-        createdAt: snap.createdAt,
-        readyToUse: true,
-        phase: 'ready',
-      };
+      const mp = mountpoint === undefined ? {} : { mountpoint };
+      if (method === 'clone') {
+        const cut = await this.d.backend.createImage(rec.snapshotId, vol.volumeId, mp);
+        const done = this.d.backend.imageState(rec.snapshotId).state === 'ready';
+        ready = { ...rec, ...cut, readyToUse: done, phase: 'ready' };
+      } else {
+        const snap = await this.d.backend.createSnapshot(vol.volumeId, { method, tag: rec.snapshotId, ...mp });
+        ready = {
+          ...rec,
+          engineSnapshotId: snap.engineSnapshotId,
+          sizeBytes: snap.sizeBytes,
+          createdAt: snap.createdAt,
+          readyToUse: true,
+          phase: 'ready',
+        };
+      }
     } catch (err) {
+      if (method === 'clone') await this.d.backend.deleteImage(rec.snapshotId).catch(() => undefined);
       await this.d.state.removeSnapshot(rec.snapshotId).catch((e: unknown) => {
         this.d.log.error({ err: e, snapshotId: rec.snapshotId }, 'Failed to remove the record of a failed snapshot');
       });
@@ -175,4 +189,13 @@ export class SnapshotService {
     );
     return ready;
   }
+}
+
+/** Deletes what backs a snapshot record in the engine (deferred while thin clones read it). */
+export async function deleteEngineSnapshot(d: DriverContext, rec: SnapshotRecord): Promise<void> {
+  if (rec.method === 'clone') {
+    await d.backend.deleteImage(rec.snapshotId);
+    return;
+  }
+  if (rec.engineSnapshotId >= 0) await d.backend.deleteSnapshot(rec.sourceVolumeId, rec.engineSnapshotId);
 }

@@ -3,9 +3,14 @@
 // Order in every mutating call (conventions #11): the gRPC layer has checked required fields; here come
 // parameter and capability checks, then the lock, then idempotency by name, then the change.
 //
-// Create is crash-safe: the record is written with phase `creating` before the engine volume exists and set
-// to `ready` after it is complete (recovery.ts rolls `creating` back). Restore and clone copy the source's
-// allocated extents into the new volume while thin RW clones (engine issue 4) are unavailable.
+// Create is crash-safe: the record is written with phase `creating` before the engine storage exists and set
+// to `ready` after it is complete (recovery.ts rolls `creating` back). A volume from a snapshot or from a
+// volume is a thin RW clone, instant (engine OP-7; from a volume: a hidden snapshot plus an RW snapshot, cut
+// frozen when the source is mounted); from a clone-method snapshot, a thin clone of its image. StorageClass
+// parameter `hydrate: "true"` then turns it into a volume of its own in the background. A clone of a thin
+// clone (which has no snapshot queue to cut from) is a full copy, taken while the source is not staged.
+// Delete: a volume with snapshots is refused; one that thin clones still read is retired (its engine storage
+// goes with the last of them), so a PVC restored or cloned from it lives on (ADR 0008).
 import { CsiError } from '../errors.js';
 import type { CapacityRange, TopologyRequirement, VolumeCapability } from '../grpc/csi-types.js';
 import { newVolumeId } from '../state/ids.js';
@@ -17,7 +22,6 @@ import {
   type VolumeOrigin,
   type VolumeRecord,
 } from '../state/records.js';
-import { HIDDEN_CLONE_TAG_PREFIX } from './backend.js';
 import { accessModeOf, accessTypeOf, capabilitiesProblem, fsTypeOf } from './capabilities.js';
 import { capacityFits, resolveCapacity } from './capacity.js';
 import type { DriverContext } from './context.js';
@@ -39,7 +43,7 @@ export class VolumeService {
   constructor(private readonly d: DriverContext) {}
 
   async create(input: CreateVolumeInput, signal?: AbortSignal): Promise<VolumeRecord> {
-    parseVolumeParameters(input.parameters);
+    const params = parseVolumeParameters(input.parameters);
     const capProblem = capabilitiesProblem(input.capabilities);
     if (capProblem) throw new CsiError('CSI_ERR_UNSUPPORTED_CAPABILITY', capProblem);
     this.checkTopology(input.accessibility);
@@ -73,10 +77,14 @@ export class VolumeService {
         stage: null,
         publish: {},
       };
-      await this.build(rec, source, signal);
-      const ready: VolumeRecord = { ...rec, phase: 'ready' };
+      const origin = await this.build(rec, source, signal);
+      const ready: VolumeRecord = { ...rec, origin, phase: 'ready' };
       await this.d.state.putVolume(ready);
-      this.d.log.info({ volumeId: rec.volumeId, name: rec.name, sizeBytes, source: src }, 'Created volume');
+      this.d.log.info({ volumeId: rec.volumeId, name: rec.name, sizeBytes, source: src, origin }, 'Created volume');
+      if (params.hydrate && origin.kind === 'rw-clone') {
+        await this.d.backend.startHydration(rec.volumeId);
+        this.d.log.info({ volumeId: rec.volumeId }, 'Hydrating volume in the background');
+      }
       return ready;
     });
   }
@@ -100,19 +108,23 @@ export class VolumeService {
           `volume ${volumeId} has ${snaps.length} snapshot(s) (${snaps.map((s) => s.snapshotId).join(', ')}); delete them first`,
         );
       }
-      const dependants = this.d.state
-        .volumes()
-        .filter((v) => v.origin.kind === 'rw-clone' && v.origin.baseVolumeId === volumeId);
-      if (dependants.length > 0) {
+      const copying = this.d.backend.imagesCopyingFrom(volumeId);
+      if (copying.length > 0) {
         throw new CsiError(
           'CSI_ERR_IN_USE',
-          `volume ${volumeId} is the base of RW clone(s) ${dependants.map((v) => v.volumeId).join(', ')}`,
+          `clone-method snapshot(s) ${copying.join(', ')} of volume ${volumeId} are still copying; retry when they are ready`,
         );
       }
+      const clones = this.d.backend.rwClonesOf(volumeId);
       await this.d.state.putVolume({ ...rec, phase: 'deleting' });
-      await this.d.backend.deleteVolume(volumeId);
+      const outcome = await this.d.backend.deleteVolume(volumeId);
       await this.d.state.removeVolume(volumeId);
-      this.d.log.info({ volumeId, name: rec.name }, 'Deleted volume');
+      if (outcome === 'retired') {
+        this.d.log.info(
+          { volumeId, name: rec.name, thinClones: clones },
+          'Deleted volume; its data stays until its last thin clone is deleted or hydrated',
+        );
+      } else this.d.log.info({ volumeId, name: rec.name }, 'Deleted volume');
     });
   }
 
@@ -189,7 +201,14 @@ export class VolumeService {
       if (!snap || snap.phase !== 'ready') {
         throw new CsiError('CSI_ERR_SOURCE_NOT_FOUND', `source snapshot ${src.snapshotId} does not exist`);
       }
-      if (!snap.readyToUse) throw new CsiError('CSI_ERR_NOT_READY', `source snapshot ${src.snapshotId} is not ready`);
+      const ready =
+        snap.method === 'clone' ? this.d.backend.imageState(snap.snapshotId).state === 'ready' : snap.readyToUse;
+      if (!ready) {
+        throw new CsiError(
+          'CSI_ERR_NOT_READY',
+          `source snapshot ${src.snapshotId} is not ready${snap.method === 'clone' ? ' (its background copy is still running)' : ''}`,
+        );
+      }
       if (
         snap.method !== 'clone' &&
         this.d.backend.getSnapshot(snap.sourceVolumeId, snap.engineSnapshotId)?.state !== 'valid'
@@ -217,60 +236,56 @@ export class VolumeService {
         `requested ${sizeBytes} bytes is smaller than source volume ${src.volumeId} (${vol.capacityBytes} bytes)`,
       );
     }
+    if (this.d.backend.backing(vol.volumeId) !== 'volume' && vol.stage) {
+      throw new CsiError(
+        'CSI_ERR_THIN_CLONE',
+        `source volume ${src.volumeId} is a thin clone in use (staged at ${vol.stage.stagingPath}); a clone of it is a full copy, taken while it is not staged`,
+      );
+    }
     return vol;
   }
 
-  /** Makes the engine volume of `rec` and fills it from `source`; undoes everything on failure. */
+  /**
+   * Makes the engine storage of `rec` from `source`: empty, a thin clone (of a snapshot, a clone-method
+   * image or a live volume), or a full copy of a thin clone. Undoes everything on failure; returns the origin.
+   */
   private async build(
     rec: VolumeRecord,
     source: SnapshotRecord | VolumeRecord | null,
     signal: AbortSignal | undefined,
-  ): Promise<void> {
+  ): Promise<VolumeOrigin> {
     const undo: Undo[] = [];
+    const b = this.d.backend;
     try {
       await this.d.state.putVolume(rec);
       undo.push(() => this.d.state.removeVolume(rec.volumeId));
-      await this.d.backend.createVolume(rec.volumeId, rec.capacityBytes);
-      undo.push(() => this.d.backend.deleteVolume(rec.volumeId));
-      if (source && 'snapshotId' in source) {
-        await this.copyFromSnapshot(source, rec.volumeId, signal);
-      } else if (source) {
-        await this.copyFromVolume(source, rec.volumeId, signal);
+      undo.push(() => b.deleteVolume(rec.volumeId).then(() => undefined));
+      if (source === null) {
+        await b.createVolume(rec.volumeId, rec.capacityBytes);
+        return { kind: 'empty' };
       }
+      if ('snapshotId' in source) {
+        if (source.method === 'clone') {
+          await b.createRwClone(rec.volumeId, { imageId: source.snapshotId }, rec.capacityBytes);
+          return { kind: 'rw-clone', baseVolumeId: source.snapshotId, engineSnapshotId: -1, image: true };
+        }
+        const from = { volumeId: source.sourceVolumeId, engineSnapshotId: source.engineSnapshotId };
+        await b.createRwClone(rec.volumeId, from, rec.capacityBytes);
+        return { kind: 'rw-clone', baseVolumeId: source.sourceVolumeId, engineSnapshotId: source.engineSnapshotId };
+      }
+      if (b.backing(source.volumeId) === 'volume') {
+        const mountpoint = source.stage?.accessType === 'mount' ? source.stage.stagingPath : undefined;
+        const hidden = await b.cloneVolume(rec.volumeId, source.volumeId, rec.capacityBytes, {
+          ...(mountpoint === undefined ? {} : { mountpoint }),
+        });
+        return { kind: 'rw-clone', baseVolumeId: source.volumeId, engineSnapshotId: hidden };
+      }
+      await b.createVolume(rec.volumeId, rec.capacityBytes);
+      const { copiedBytes } = await b.copyVolumeInto(source.volumeId, rec.volumeId, signal);
+      this.d.log.debug({ volumeId: rec.volumeId, sourceVolumeId: source.volumeId, copiedBytes }, 'Copied a thin clone');
+      return { kind: 'copy' };
     } catch (err) {
-      await rollback(undo, err);
-    }
-  }
-
-  private async copyFromSnapshot(snap: SnapshotRecord, dst: string, signal?: AbortSignal): Promise<void> {
-    if (snap.method === 'clone') {
-      throw new CsiError('CSI_ERR_UNIMPLEMENTED', 'restoring clone-method snapshots needs the engine images (issue 4)');
-    }
-    const { copiedBytes } = await this.d.backend.copySnapshotInto(
-      { volumeId: snap.sourceVolumeId, engineSnapshotId: snap.engineSnapshotId },
-      dst,
-      signal,
-    );
-    this.d.log.debug({ volumeId: dst, snapshotId: snap.snapshotId, copiedBytes }, 'Copied snapshot into volume');
-  }
-
-  /** Clone = a hidden meta-bitmap snapshot of the source (frozen when mounted), copied, then deleted. */
-  private async copyFromVolume(src: VolumeRecord, dst: string, signal?: AbortSignal): Promise<void> {
-    const mountpoint = src.stage?.accessType === 'mount' ? src.stage.stagingPath : undefined;
-    const hidden = await this.d.backend.createSnapshot(src.volumeId, {
-      method: 'meta-bitmap',
-      tag: `${HIDDEN_CLONE_TAG_PREFIX}${dst}`,
-      ...(mountpoint === undefined ? {} : { mountpoint }),
-    });
-    try {
-      const { copiedBytes } = await this.d.backend.copySnapshotInto(
-        { volumeId: src.volumeId, engineSnapshotId: hidden.engineSnapshotId },
-        dst,
-        signal,
-      );
-      this.d.log.debug({ volumeId: dst, sourceVolumeId: src.volumeId, copiedBytes }, 'Copied volume into volume');
-    } finally {
-      await this.d.backend.deleteSnapshot(src.volumeId, hidden.engineSnapshotId);
+      return rollback(undo, err);
     }
   }
 }

@@ -102,13 +102,15 @@ export class SnapshotVolume extends VolumeBase {
   // ---- snapshots -------------------------------------------------------------------------------------
 
   /** OP-1: cuts an RO snapshot of the live view; O(1) data. `tag` is free text (e.g. a CSI handle). */
-  async createSnapshot(options: { method?: SnapshotMethod; tag?: string } = {}): Promise<SnapshotInfo> {
+  async createSnapshot(
+    options: { method?: SnapshotMethod; tag?: string; hidden?: boolean } = {},
+  ): Promise<SnapshotInfo> {
     this.usable();
     const method = checkMethod(options.method ?? 'save-volume');
     const tag = checkTag(options.tag);
     return this.gate.exclusive(async () => {
       rwOps.checkCut(this.ops);
-      const { entry, records } = rwOps.cutEntry(this.ops, method, tag, 0);
+      const { entry, records } = rwOps.cutEntry(this.ops, method, tag, options.hidden === true ? SNAP_FLAG_HIDDEN : 0);
       // One commit: fsync the clone (every write before the cut) and one frame holding the pending meta
       // records followed by snap-create, so replay freezes exactly the MBM_P frozen here (committer.ts).
       await this.core.committer.flush({ then: records, now: true });

@@ -242,6 +242,11 @@ export class Datapath {
     return fn();
   }
 
+  /** True while handed-off requests (foreground I/O through the engine) wait for an answer. */
+  foregroundBusy(): boolean {
+    return this.server.handoffsInFlight() > 0;
+  }
+
   /** Unmounts FUSE and stops the workers; refuses while views are open unless `force`. */
   async stop(opts: { force?: boolean } = {}): Promise<void> {
     await this.server.stop(opts);

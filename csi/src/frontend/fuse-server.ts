@@ -115,7 +115,7 @@ export class FuseServer {
     this.metrics = opts.registry
       ? new DatapathMetrics(opts.registry, {
           workerCounters: () => this.pool?.counters ?? [],
-          handoffsInFlight: () => [...this.byNode.values()].reduce((n, v) => n + v.pending.count, 0),
+          handoffsInFlight: () => this.handoffsInFlight(),
           views: () => this.views.size,
         })
       : undefined;
@@ -235,6 +235,13 @@ export class FuseServer {
   }
 
   /** Open handles on a view (a loop device attached to it holds one). */
+  /** Requests handed off to the main thread and not answered yet (foreground slow-path load). */
+  handoffsInFlight(): number {
+    let n = 0;
+    for (const v of this.byNode.values()) n += v.pending.count;
+    return n;
+  }
+
   openCount(name: string): number {
     const v = this.views.get(name);
     return v ? Atomics.load(v.ctl, CTL_OPENS) : 0;

@@ -24,10 +24,19 @@ export type ContentSource =
 /** How the volume's data came to be (matters for dependencies and for what deleting it means). */
 export type VolumeOrigin =
   | { readonly kind: 'empty' }
-  /** Filled by copying the allocated extents of a snapshot or volume (independent afterwards). */
+  /** Filled by copying (a clone of a thin clone, or a hydrated thin clone): independent of its source. */
   | { readonly kind: 'copy' }
-  /** An RW snapshot of engine snapshot `engineSnapshotId` of `baseVolumeId` (issue 4). */
-  | { readonly kind: 'rw-clone'; readonly baseVolumeId: string; readonly engineSnapshotId: number };
+  /**
+   * A thin clone: an RW snapshot of engine snapshot `engineSnapshotId` of volume `baseVolumeId`, or, with
+   * `image`, of the image of clone-method snapshot `baseVolumeId` (a snapshot id then). `hydrate` parameter:
+   * being turned into a volume of its own; it becomes `copy` when that ends.
+   */
+  | {
+      readonly kind: 'rw-clone';
+      readonly baseVolumeId: string;
+      readonly engineSnapshotId: number;
+      readonly image?: boolean;
+    };
 
 export interface StageRecord {
   readonly stagingPath: string;

@@ -28,6 +28,8 @@ export function validateVolumeId(id: string): void {
 export interface VolumeStoreOptions {
   /** Zeros written into a new volume's journal so that commits need no size change; default 8 MiB. */
   journalPreallocateBytes?: number;
+  /** Directory under the state dir holding the volumes; default `volumes` (clone-method images: `clones`). */
+  dirName?: string;
 }
 
 export const JOURNAL_PREALLOCATE_DEFAULT_BYTES = 8 * 1024 * 1024;
@@ -44,7 +46,7 @@ export class VolumeStore {
     options: VolumeStoreOptions = {},
   ) {
     this.journalPreallocate = options.journalPreallocateBytes ?? JOURNAL_PREALLOCATE_DEFAULT_BYTES;
-    this.volumesDir = join(stateDir, 'volumes');
+    this.volumesDir = join(stateDir, options.dirName ?? 'volumes');
     this.io.mkdir(this.volumesDir);
   }
 
