@@ -132,35 +132,26 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
     },
   );
 
-  it('1-3c - clone method: ready once the background copy ends (skipped while the node plugin answers UNIMPLEMENTED: engine images, issue 4)', async (ctx) => {
-    const m = await env.kubelet.mount(ns, 'data');
-    const sums = await writeFiles(m.targetPath, [300_000]);
-    applyYaml(snapshotYaml('m-clone', 'data', 'loopsnap-clone'));
-    const outcome = await waitFor(
-      'clone snapshot ready or refused',
-      async () => {
-        const o = await vs('m-clone');
-        if (o?.status?.readyToUse === true) return 'ready';
-        const err = (o?.status?.error as { message?: string } | undefined)?.message ?? '';
-        return err.includes('UNIMPLEMENTED') ? 'unimplemented' : undefined;
-      },
-      { timeoutMs: 120_000 },
+  it('1-3c - clone method: not ready while the background copy runs, ready when it ends, restorable after the source PVC is gone', async () => {
+    applyYaml(pvcYaml('src3c'));
+    await bound('src3c');
+    const m = await env.kubelet.mount(ns, 'src3c');
+    const sums = await writeFiles(m.targetPath, [2 << 20, 300_000]);
+    applyYaml(snapshotYaml('m-clone', 'src3c', 'loopsnap-clone'));
+    const snap = await ready('m-clone', 120_000);
+    expect(snap.status?.restoreSize).toBe('64Mi');
+    const content = await get(
+      `/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/${snap.status?.boundVolumeSnapshotContentName}`,
     );
-    if (outcome === 'unimplemented') {
-      // The refusal reaches the user: a Warning event on the snapshot, and it is retried with backoff.
-      const evs = await env.rest.get<{ items: Array<{ reason: string; involvedObject: { name: string } }> }>(
-        `/api/v1/namespaces/${ns}/events`,
-      );
-      expect(evs.items.some((e) => e.involvedObject.name === 'm-clone' && e.reason === 'SnapshotCreationFailed')).toBe(
-        true,
-      );
-      env.kubectl(['delete', 'volumesnapshot', 'm-clone', '--wait=true']);
-      ctx.skip();
-      return;
-    }
+    const list = await listOnNode(m.nodeId, { snapshot_id: content?.status?.snapshotHandle });
+    expect(list.map((e) => e.snapshot.ready_to_use)).toEqual([true]);
+    // The image is independent of its source: the source PVC goes, the snapshot stays restorable.
+    await env.kubelet.unmount(ns, 'src3c');
+    env.kubectl(['delete', 'pvc', 'src3c', '--wait=true']);
     applyYaml(restoreYaml('m-clone-r', 'm-clone'));
     await bound('m-clone-r');
     const r = await env.kubelet.mount(ns, 'm-clone-r');
+    expect(r.nodeId).toBe(m.nodeId);
     expect(await checksumFiles(r.targetPath, Object.keys(sums))).toEqual(sums);
     await env.kubelet.unmount(ns, 'm-clone-r');
   });
