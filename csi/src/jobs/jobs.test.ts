@@ -161,6 +161,60 @@ describe('ExtentCopyJob (clone-method images)', () => {
   });
 });
 
+describe('ExtentCopyJob against concurrent source writes', () => {
+  it('an image copied while the source volume keeps changing equals the snapshot at the cut', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(1, 2),
+        fc.array(
+          fc.oneof(
+            fc.record({ k: fc.constant('step' as const), n: fc.integer({ min: 1, max: 5 }) }),
+            fc.record({ k: fc.constant('write' as const), at: fc.nat(), len: fc.integer({ min: 1, max: 3 * BS }) }),
+            fc.record({ k: fc.constant('discard' as const), at: fc.nat(), len: fc.integer({ min: 1, max: 4 * BS }) }),
+            fc.record({ k: fc.constant('snap' as const) }),
+          ),
+          { minLength: 5, maxLength: 30 },
+        ),
+        async (granule, ops) => {
+          const blocks = 32;
+          const size = blocks * BS;
+          const src = await volume(blocks, granule);
+          await src.vol.write(0, pattern(1, size));
+          await src.vol.discard(12 * BS, 6 * BS);
+          const cut = await src.vol.createSnapshot({ method: 'meta-bitmap' });
+          const want = await src.vol.readSnapshot(cut.id, 0, size);
+          const img = await volume(blocks, granule);
+          const job = ExtentCopyJob.open({
+            kind: 'clone',
+            id: 'img',
+            source: snapshotSource(src.vol, cut.id),
+            target: img.vol,
+            chunkBytes: granule * BS,
+            checkpointBytes: 3 * BS,
+          });
+          let seed = 5;
+          for (const op of ops) {
+            if (op.k === 'step') await job.step(op.n * BS);
+            else if (op.k === 'snap') await src.vol.createSnapshot();
+            else {
+              const off = op.at % size;
+              const len = Math.min(op.len, size - off);
+              // Concurrent with a copier step, as the scheduler would interleave them.
+              if (op.k === 'write') await Promise.all([src.vol.write(off, pattern(seed++, len)), job.step(BS)]);
+              else await Promise.all([src.vol.discard(off, len), job.step(BS)]);
+            }
+          }
+          while (!(await job.step(8 * BS)));
+          expect(same(await img.vol.read(0, size), want)).toBe(true);
+          src.vol.verifyInvariants();
+          img.vol.verifyInvariants();
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+});
+
 function fakeSource(blocks: number) {
   return {
     blockSize: BS,
