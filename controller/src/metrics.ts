@@ -89,7 +89,10 @@ export class ControllerMetrics {
     this.restoreSeconds = r.seconds;
   }
 
-  private registerRestoreMetrics(registry: Registry): { total: Counter<'kind' | 'result'>; seconds: Histogram<'kind'> } {
+  private registerRestoreMetrics(registry: Registry): {
+    total: Counter<'kind' | 'result'>;
+    seconds: Histogram<'kind'>;
+  } {
     const sum = (pick: (x: { done: number; total: number }) => number) =>
       function (this: Gauge<'kind'>): void {
         this.reset();
