@@ -46,9 +46,15 @@ describe('parseConfig', () => {
     ['8-3i fs type', [...base, '--default-fs-type', 'btrfs'], /ext4 or xfs/],
     ['8-3j registry without endpoint', [...base, '--in-cluster'], /needs --tcp-endpoint/],
     ['8-3k positional', [...base, 'extra'], /unexpected argument/],
+    ['8-3l lease too short', [...base, '--node-lease-duration-seconds', '1'], /between 2 and 3600/],
   ])('%s', (_n, argv, message) => {
     expect(() => parseConfig(argv)).toThrow(ConfigError);
     expect(() => parseConfig(argv)).toThrow(message);
+  });
+
+  it('8-6 node lease duration', () => {
+    expect(parseConfig(base).nodeLeaseDurationSeconds).toBe(40);
+    expect(parseConfig([...base, '--node-lease-duration-seconds=6']).nodeLeaseDurationSeconds).toBe(6);
   });
 
   it('8-4 TLS files satisfy the TCP endpoint', () => {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Node plugin flags -> one frozen, validated Config. Pure: main.ts hands in argv; nothing here reads the
 // environment. Flags are `--name=value` or `--name value`; booleans also as bare `--name`.
-import { DEFAULT_REGISTRY_NAMESPACE } from '../../common/src/node-lease-format.js';
+import { DEFAULT_NODE_LEASE_DURATION_SECONDS, DEFAULT_REGISTRY_NAMESPACE } from '../../common/src/node-lease-format.js';
 
 export interface Config {
   readonly endpoint: string;
@@ -31,6 +31,7 @@ export interface Config {
   readonly inCluster: boolean;
   readonly advertiseEndpoint: string;
   readonly registryNamespace: string;
+  readonly nodeLeaseDurationSeconds: number;
   readonly shutdownGraceSeconds: number;
 }
 
@@ -168,6 +169,12 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     def: DEFAULT_REGISTRY_NAMESPACE,
     help: 'namespace of the node registry Leases',
   },
+  'node-lease-duration-seconds': {
+    key: 'nodeLeaseDurationSeconds',
+    kind: 'int',
+    def: DEFAULT_NODE_LEASE_DURATION_SECONDS,
+    help: 'seconds the node registry Lease stays valid without renewal (renewed every quarter of it); the controller treats the node as down after that',
+  },
   'shutdown-grace-seconds': {
     key: 'shutdownGraceSeconds',
     kind: 'int',
@@ -250,6 +257,9 @@ function validate(c: Config): void {
     throw new ConfigError('--min-volume-size-bytes exceeds --max-volume-size-bytes');
   }
   if (c.fuseWorkers < 1 || c.fuseWorkers > 64) throw new ConfigError('--fuse-workers must be between 1 and 64');
+  if (c.nodeLeaseDurationSeconds < 2 || c.nodeLeaseDurationSeconds > 3600) {
+    throw new ConfigError('--node-lease-duration-seconds must be between 2 and 3600');
+  }
   if (c.tcpEndpoint !== '') {
     if (!/^(\[[^\]]+\]|[^:]*):\d+$/.test(c.tcpEndpoint)) throw new ConfigError('--tcp-endpoint must be host:port');
     const tls = [c.tlsCertFile, c.tlsKeyFile, c.tlsClientCaFile];

@@ -186,6 +186,7 @@ async function start(config: Config, log: Logger): Promise<Running> {
         capacityBytes: () => backend.availableBytes(),
         version,
         namespace: config.registryNamespace,
+        leaseDurationSeconds: config.nodeLeaseDurationSeconds,
         log,
       });
     }
