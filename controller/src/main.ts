@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { KubeConfig } from '@kubernetes/client-node';
-import { Registry } from 'prom-client';
+import { collectDefaultMetrics, Registry } from 'prom-client';
 import { createLogger } from '../../common/src/log.js';
 import { type ControllerConfig, parseConfig, usage } from './config.js';
 import { buildController } from './controller.js';
@@ -63,6 +63,8 @@ async function main(): Promise<number> {
     return 2;
   }
   const registry = new Registry();
+  // Process and Node.js runtime metrics (process_*, nodejs_*), as upstream's controller serves since v8.3.
+  collectDefaultMetrics({ register: registry });
   let exitCode = 0;
   let resolveDone: () => void = () => undefined;
   const done = new Promise<void>((r) => {

@@ -86,13 +86,23 @@ function registerEngineGauges(registry: Registry, sources: MetricsSources): void
   perVolume('loopsnap_volume_invalid_snapshots', 'Invalid snapshots, per volume', (s) => s.invalidSnapshots);
   // Volume size in bytes.
   perVolume('loopsnap_volume_size_bytes', 'Volume size in bytes', (s) => s.sizeBytes);
-  // Before-images copied into save pools since each volume was opened (summed over open volumes).
-  new Gauge({
+  // Before-images copied into save pools by this process. A counter: per-volume engine counts restart at each
+  // open and vanish with the volume, so only their increases are added (a drop means the volume reopened).
+  const lastCopies = new Map<string, number>();
+  new Counter({
     name: 'loopsnap_cow_copies_total',
-    help: 'Copy-on-write copies of before-images since the volumes were opened',
+    help: 'Copy-on-write copies of before-images into save pools since the node plugin started',
     registers: [registry],
     collect() {
-      this.set(sources.volumes().reduce((sum, s) => sum + s.cowCopiesTotal, 0));
+      const seen = new Set<string>();
+      for (const v of sources.volumes()) {
+        seen.add(v.volumeId);
+        const prev = lastCopies.get(v.volumeId) ?? 0;
+        const delta = v.cowCopiesTotal >= prev ? v.cowCopiesTotal - prev : v.cowCopiesTotal;
+        if (delta > 0) this.inc(delta);
+        lastCopies.set(v.volumeId, v.cowCopiesTotal);
+      }
+      for (const id of [...lastCopies.keys()]) if (!seen.has(id)) lastCopies.delete(id);
     },
   });
   // Fraction done of each running background job.
