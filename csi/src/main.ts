@@ -25,6 +25,7 @@ import { EngineBackend } from './driver/engine-backend.js';
 import { MetadataService } from './driver/metadata-service.js';
 import { NodeService } from './driver/node-service.js';
 import { recoverState } from './driver/recovery.js';
+import { RestoreService } from './driver/restore-service.js';
 import { SnapshotService } from './driver/snapshot-service.js';
 import { VolumeService } from './driver/volume-service.js';
 import { agentService } from './grpc/agent-server.js';
@@ -118,6 +119,7 @@ async function start(config: Config, log: Logger): Promise<Running> {
       driver,
       snapshots,
       content: backend,
+      restores: new RestoreService(driver, snapshots),
       stateDir: config.stateDir,
       log,
       registry,

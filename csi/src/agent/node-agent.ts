@@ -4,29 +4,44 @@
 // An operation is validated, persisted (operation-store.ts, state `pending`), and then driven in the
 // background: cut the restore point (restore with keepRestorePoint) or the source's fresh snapshot (refresh
 // from the source) through the CSI snapshot service, take the volume's operation lock (and the source
-// snapshot's), check the volume is still unstaged, persist `running`, copy (copier.ts), persist `completed`.
-// The lock is held for the whole copy: NodeStage, CreateSnapshot, DeleteVolume of the volume answer ABORTED
-// meanwhile (kubelet and the controller retry), so nothing reads a half-converted volume. On start, `running`
-// operations take their locks again before the plugin serves, and every unfinished operation resumes; the copy
-// is idempotent, so a crash at any point converges on the same content. Every call is idempotent by id.
+// snapshot's), check the volume's stage, persist `running`, convert, persist `completed`. Two modes, chosen at
+// creation (modeFor):
+//   online  the engine does it (RestoreService): a restore from a snapshot of the volume itself (OP-13) or a
+//           refresh of a thin clone onto a snapshot of its base volume (OP-10). The lock is held only until the
+//           switch is durable (`switchedAtMs`); then the volume serves the new content at once, may be staged,
+//           and a restore's background copy is followed until the engine reports it done. A raw block volume
+//           may stay staged through a restore (RestoreService drops its buffer cache around the switch).
+//   copy    everything else (a snapshot of another volume of the lineage, hydrated clones): the content is
+//           converted through the engine's write path (copier.ts) while the lock is held for the whole copy.
+// While the lock is held NodeStage, CreateSnapshot, DeleteVolume of the volume answer ABORTED (kubelet and the
+// controller retry), so nothing reads a half-converted volume; a volume staged with a file system is never
+// converted (its caches would go stale). On start, operations that hold their volume take their locks again
+// before the plugin serves, and every unfinished operation resumes; the copy and the refresh are idempotent,
+// and an online restore whose switch is not recorded runs its switch again (the volume then equals the
+// snapshot; writes in the instant between the engine's commit and the record are the only ones it can undo).
+// Every call is idempotent by id.
 import type { Registry } from 'prom-client';
 import { Counter } from 'prom-client';
 import type { Logger } from '../../../common/src/log.js';
 import type { DriverContext } from '../driver/context.js';
 import { snapshotKey, volumeKey } from '../driver/locks.js';
+import type { RestoreService } from '../driver/restore-service.js';
 import type { SnapshotService } from '../driver/snapshot-service.js';
 import { CsiError } from '../errors.js';
 import type { JobSample } from '../metrics.js';
 import { isSnapshotId, isVolumeId, nameProblem } from '../state/ids.js';
+import type { SnapshotRecord } from '../state/records.js';
 import type { ContentPort } from './content-port.js';
 import { planCopy, runCopy } from './copier.js';
 import { AgentError } from './errors.js';
 import { lineageOf, parentOf } from './lineage.js';
 import {
+  holdsVolume,
   isActive,
   isOperationId,
   OPERATION_RECORD_VERSION,
   type OperationKind,
+  type OperationMode,
   type OperationRecord,
   OperationStore,
 } from './operation-store.js';
@@ -58,10 +73,12 @@ export interface NodeAgentOptions {
   readonly driver: DriverContext;
   readonly snapshots: SnapshotService;
   readonly content: ContentPort;
+  /** The engine's online restore and refresh; without it every operation runs in copy mode. */
+  readonly restores?: RestoreService;
   readonly stateDir: string;
   readonly log: Logger;
   readonly registry?: Registry;
-  /** Delay between attempts while a lock is held by someone else (ms). */
+  /** Delay between attempts while a lock is held by someone else, and between polls of a background copy (ms). */
   readonly retryMs?: number;
 }
 
@@ -129,7 +146,7 @@ export class NodeAgent {
   resumeAll(): void {
     for (const rec of this.store.all()) {
       if (!isActive(rec)) continue;
-      this.holdKeys(rec.operationId, rec.kind, this.lockKeys(rec));
+      if (holdsVolume(rec)) this.holdKeys(rec.operationId, rec.kind, this.lockKeys(rec));
       this.log.info({ operationId: rec.operationId, volumeId: rec.volumeId, state: rec.state }, 'Resuming operation');
       this.launch(rec);
     }
@@ -152,6 +169,8 @@ export class NodeAgent {
     const existing = this.existing(input.operationId, same);
     if (existing) return existing;
     const snap = this.validate('restore', input.volumeId, input.snapshotId);
+    const mode = this.modeFor('restore', input.volumeId, snap);
+    this.checkStage(input.volumeId, 'restore', mode);
     let restorePointSnapshotId = '';
     if (input.keepRestorePoint) {
       // Cut before the operation exists, so that the operation can hold the volume lock from its creation on.
@@ -163,13 +182,14 @@ export class NodeAgent {
       restorePointSnapshotId = rp.snapshotId;
       const again = this.existing(input.operationId, same);
       if (again) return again;
-      if (this.o.driver.state.volume(input.volumeId)?.stage) {
+      if (this.stageProblem(input.volumeId, 'restore', mode) !== undefined) {
         await this.o.snapshots.delete(rp.snapshotId).catch(() => undefined);
-        this.checkUnstaged(input.volumeId, 'restore');
+        this.checkStage(input.volumeId, 'restore', mode);
       }
       this.checkVolume(input.volumeId);
     }
     return this.create({
+      mode,
       restorePointSnapshotId,
       operationId: input.operationId,
       kind: 'restore',
@@ -207,12 +227,18 @@ export class NodeAgent {
             : `volume ${input.volumeId} was not created from a snapshot or a volume; there is nothing to refresh it from`,
         );
       }
-      this.checkUnstaged(input.volumeId, 'refresh');
       sourceVolumeId = parent;
     } else {
       sourceVolumeId = this.validate('refresh', input.volumeId, input.snapshotId).sourceVolumeId;
     }
+    const mode = this.modeFor(
+      'refresh',
+      input.volumeId,
+      input.fromSource ? undefined : this.o.driver.state.snapshot(input.snapshotId),
+    );
+    this.checkStage(input.volumeId, 'refresh', mode);
     return this.create({
+      mode,
       operationId: input.operationId,
       kind: 'refresh',
       volumeId: input.volumeId,
@@ -246,9 +272,10 @@ export class NodeAgent {
 
   /** Running operations, for loopsnap_background_job_progress_ratio. */
   jobSamples(): JobSample[] {
+    // An online restore's copy after the switch is the engine's own job (reported by the backend).
     return this.store
       .all()
-      .filter((r) => r.state === 'running')
+      .filter((r) => r.state === 'running' && holdsVolume(r))
       .map((r) => {
         const v = this.view(r);
         return {
@@ -305,13 +332,37 @@ export class NodeAgent {
     }
   }
 
-  private checkUnstaged(volumeId: string, what: OperationKind): void {
-    if (this.o.driver.state.volume(volumeId)?.stage) {
-      throw new AgentError(
-        'AGENT_ERR_IN_USE',
-        `volume ${volumeId} is staged (in use by a pod); stop the pod so that it is unstaged, then the ${what} starts (docs/restore.md)`,
-      );
+  /**
+   * online restore: only a file system must not be mounted (a raw block volume stays usable through the
+   * switch); everything else: the volume must not be staged at all.
+   */
+  private stageProblem(volumeId: string, what: OperationKind, mode: OperationMode): string | undefined {
+    const stage = this.o.driver.state.volume(volumeId)?.stage;
+    if (!stage) return undefined;
+    if (what === 'restore' && mode === 'online' && stage.accessType === 'block') return undefined;
+    return what === 'restore' && mode === 'online'
+      ? `volume ${volumeId} is staged with a mounted file system (in use by a pod); stop the pod so that it is unstaged, then the restore starts (docs/restore.md)`
+      : `volume ${volumeId} is staged (in use by a pod); stop the pod so that it is unstaged, then the ${what} starts (docs/restore.md)`;
+  }
+
+  private checkStage(volumeId: string, what: OperationKind, mode: OperationMode): void {
+    const why = this.stageProblem(volumeId, what, mode);
+    if (why !== undefined) throw new AgentError('AGENT_ERR_IN_USE', why);
+  }
+
+  /** online when the engine can do it in place (see the file comment), else copy. */
+  private modeFor(kind: OperationKind, volumeId: string, snap: SnapshotRecord | undefined): OperationMode {
+    if (this.o.restores === undefined) return 'copy';
+    const backend = this.o.driver.backend;
+    if (kind === 'restore') {
+      const own = snap !== undefined && snap.sourceVolumeId === volumeId && snap.method !== 'clone';
+      return own && backend.backing(volumeId) === 'volume' ? 'online' : 'copy';
     }
+    const origin = this.o.driver.state.volume(volumeId)?.origin;
+    if (origin?.kind !== 'rw-clone' || origin.image === true || backend.backing(volumeId) !== 'rw') return 'copy';
+    // fromSource (no snapshot yet): the agent cuts the snapshot of the base volume itself.
+    if (snap === undefined) return parentOf(this.o.driver.state, volumeId) === origin.baseVolumeId ? 'online' : 'copy';
+    return snap.sourceVolumeId === origin.baseVolumeId && snap.method !== 'clone' ? 'online' : 'copy';
   }
 
   /** The source snapshot's record after every check that does not depend on the lock. */
@@ -355,7 +406,6 @@ export class NodeAgent {
         `the engine volume ${snap.sourceVolumeId} of snapshot ${snapshotId} is not open`,
       );
     }
-    this.checkUnstaged(volumeId, kind);
     return snap;
   }
 
@@ -371,6 +421,7 @@ export class NodeAgent {
       | 'keepRestorePoint'
       | 'restorePointName'
       | 'restorePointSnapshotId'
+      | 'mode'
     >,
   ): Promise<OperationView> {
     if (this.stopped) throw new CsiError('CSI_ERR_NOT_READY_SERVICE', 'the node plugin is stopping; retry');
@@ -387,7 +438,6 @@ export class NodeAgent {
         version: OPERATION_RECORD_VERSION,
         ...fields,
         state: 'pending',
-        mode: 'copy',
         blocksDone: 0,
         blocksTotal: 0,
         blockSizeBytes: this.o.content.blockSize(fields.volumeId),
@@ -396,13 +446,20 @@ export class NodeAgent {
         message: 'accepted',
         errorCode: '',
         createdAtMs: now,
+        switchedAtMs: 0,
       });
     } catch (err) {
       this.releaseKeys(fields.operationId);
       throw err;
     }
     this.log.info(
-      { operationId: rec.operationId, kind: rec.kind, volumeId: rec.volumeId, snapshotId: rec.sourceSnapshotId },
+      {
+        operationId: rec.operationId,
+        kind: rec.kind,
+        volumeId: rec.volumeId,
+        snapshotId: rec.sourceSnapshotId,
+        mode: rec.mode,
+      },
       'Accepted operation',
     );
     this.launch(rec);
@@ -514,51 +571,30 @@ export class NodeAgent {
       await this.acquire(rec, snapshotKey(rec.sourceSnapshotId), signal);
     }
     try {
+      if (rec.kind === 'restore' && rec.mode === 'online' && (rec.switchedAtMs ?? 0) > 0) {
+        rec = await this.followRestore(rec, signal);
+        return;
+      }
       const snap = this.o.driver.state.snapshot(rec.sourceSnapshotId);
       if (!snap) throw new AgentError('AGENT_ERR_NOT_FOUND', `snapshot ${rec.sourceSnapshotId} no longer exists`);
       if (rec.state === 'pending') {
         const vol = this.o.driver.state.volume(rec.volumeId);
         if (!vol) throw new AgentError('AGENT_ERR_NOT_FOUND', `volume ${rec.volumeId} no longer exists`);
-        if (vol.stage) {
-          throw new AgentError(
-            'AGENT_ERR_IN_USE',
-            `volume ${rec.volumeId} was staged before the ${rec.kind} could start; nothing was changed`,
-          );
+        const why = this.stageProblem(rec.volumeId, rec.kind, rec.mode);
+        if (why !== undefined) {
+          throw new AgentError('AGENT_ERR_IN_USE', `${why}; nothing was changed`);
         }
-        rec = await this.store.put({ ...rec, state: 'running', message: 'copying' });
+        rec = await this.store.put({
+          ...rec,
+          state: 'running',
+          message: rec.mode === 'online' ? 'switching' : 'copying',
+        });
       }
-      const src = { volumeId: snap.sourceVolumeId, engineSnapshotId: snap.engineSnapshotId, sizeBytes: snap.sizeBytes };
-      const plan = planCopy(this.o.content, src, rec.volumeId);
-      rec = await this.store.put({ ...rec, blocksTotal: plan.totalBlocks, blockSizeBytes: plan.blockSize });
-      this.log.info(
-        { operationId: id, volumeId: rec.volumeId, blocksTotal: plan.totalBlocks, kind: rec.kind },
-        'Copying',
-      );
-      let result;
-      for (let attempt = 1; ; attempt++) {
-        try {
-          result = await runCopy(this.o.content, src, rec.volumeId, plan, {
-            signal,
-            onProgress: (n) => this.progress.set(id, n),
-          });
-          break;
-        } catch (err) {
-          if (signal.aborted || attempt >= COPY_ATTEMPTS) throw err;
-          this.log.warn({ err, operationId: id, attempt }, 'Copy failed; retrying');
-          await sleep(500 * attempt, signal);
-        }
+      if (rec.mode === 'online') {
+        rec = rec.kind === 'restore' ? await this.switchRestore(rec, signal) : await this.switchRefresh(rec);
+      } else {
+        rec = await this.copy(rec, snap, signal);
       }
-      this.bytesTotal?.inc({ kind: rec.kind }, result.bytesWritten);
-      rec = await this.store.put({
-        ...rec,
-        state: 'completed',
-        blocksDone: plan.totalBlocks,
-        completionTimeMs: Date.now(),
-        message: `completed: ${result.blocksWritten} block(s) written, ${result.blocksEqual} already equal, ${result.blocksZeroed} zeroed`,
-      });
-      this.progress.delete(id);
-      this.opsTotal?.inc({ kind: rec.kind, result: 'completed' });
-      this.log.info({ operationId: id, volumeId: rec.volumeId, ...result }, 'Operation completed');
     } finally {
       this.releaseKeys(id);
     }
@@ -567,5 +603,136 @@ export class NodeAgent {
         this.log.warn({ err, snapshotId: rec.sourceSnapshotId }, 'Failed to delete the refresh source snapshot'),
       );
     }
+  }
+
+  /** Copy mode (file comment): converts the content through the engine's write path; the lock is held. */
+  private async copy(start: OperationRecord, snap: SnapshotRecord, signal: AbortSignal): Promise<OperationRecord> {
+    let rec = start;
+    const id = rec.operationId;
+    const src = { volumeId: snap.sourceVolumeId, engineSnapshotId: snap.engineSnapshotId, sizeBytes: snap.sizeBytes };
+    const plan = planCopy(this.o.content, src, rec.volumeId);
+    rec = await this.store.put({ ...rec, blocksTotal: plan.totalBlocks, blockSizeBytes: plan.blockSize });
+    this.log.info(
+      { operationId: id, volumeId: rec.volumeId, blocksTotal: plan.totalBlocks, kind: rec.kind },
+      'Copying',
+    );
+    let result;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        result = await runCopy(this.o.content, src, rec.volumeId, plan, {
+          signal,
+          onProgress: (n) => this.progress.set(id, n),
+        });
+        break;
+      } catch (err) {
+        if (signal.aborted || attempt >= COPY_ATTEMPTS) throw err;
+        this.log.warn({ err, operationId: id, attempt }, 'Copy failed; retrying');
+        await sleep(500 * attempt, signal);
+      }
+    }
+    this.bytesTotal?.inc({ kind: rec.kind }, result.bytesWritten);
+    return this.complete(
+      rec,
+      plan.totalBlocks,
+      `completed: ${result.blocksWritten} block(s) written, ${result.blocksEqual} already equal, ${result.blocksZeroed} zeroed`,
+      result,
+    );
+  }
+
+  /**
+   * Online restore, under the operation's locks: the engine's switch (reads return the snapshot from now on),
+   * recorded, then the locks go and the background copy is followed.
+   */
+  private async switchRestore(start: OperationRecord, signal: AbortSignal): Promise<OperationRecord> {
+    const restores = this.o.restores as RestoreService;
+    const backend = this.o.driver.backend;
+    let rec = start;
+    // A restore already running on the volume is this operation's own switch, made before a crash.
+    if (backend.restoreState(rec.volumeId) === undefined) {
+      await restores.startRestore(
+        { volumeId: rec.volumeId, source: { snapshotId: rec.sourceSnapshotId } },
+        { locked: true },
+      );
+    }
+    const st = backend.restoreState(rec.volumeId);
+    const bs = rec.blockSizeBytes;
+    rec = await this.store.put({
+      ...rec,
+      switchedAtMs: Date.now(),
+      blocksTotal: st === undefined ? 0 : Math.ceil(st.totalBytes / bs),
+      message: 'the volume reads the snapshot; copying in the background',
+    });
+    this.log.info(
+      {
+        operationId: rec.operationId,
+        volumeId: rec.volumeId,
+        snapshotId: rec.sourceSnapshotId,
+        blocksTotal: rec.blocksTotal,
+      },
+      'Switched volume to the snapshot (online restore)',
+    );
+    this.releaseKeys(rec.operationId);
+    return this.followRestore(rec, signal);
+  }
+
+  /** Waits for the engine's background copy of a switched online restore, reporting its progress. */
+  private async followRestore(start: OperationRecord, signal: AbortSignal): Promise<OperationRecord> {
+    let rec = start;
+    const backend = this.o.driver.backend;
+    const bs = rec.blockSizeBytes;
+    for (;;) {
+      // Read in one synchronous step: a volume being deleted is marked so before its engine volume goes.
+      const vol = this.o.driver.state.volume(rec.volumeId);
+      const st = backend.restoreState(rec.volumeId);
+      if (vol === undefined || vol.phase !== 'ready') {
+        throw new AgentError('AGENT_ERR_NOT_FOUND', `volume ${rec.volumeId} was deleted while its restore copied`);
+      }
+      if (st === undefined) break;
+      const total = Math.ceil(st.totalBytes / bs);
+      if (total !== rec.blocksTotal) rec = await this.store.put({ ...rec, blocksTotal: total });
+      this.progress.set(rec.operationId, Math.min(total, Math.floor(st.doneBytes / bs)));
+      await sleep(this.o.retryMs ?? 200, signal);
+    }
+    this.bytesTotal?.inc({ kind: rec.kind }, rec.blocksTotal * bs);
+    return this.complete(
+      rec,
+      rec.blocksTotal,
+      `completed online: ${rec.blocksTotal} block(s) copied in the background`,
+    );
+  }
+
+  /** Online refresh (OP-10), under the operation's locks: instant, no copy. */
+  private async switchRefresh(rec: OperationRecord): Promise<OperationRecord> {
+    const restores = this.o.restores as RestoreService;
+    await restores.refresh({ volumeId: rec.volumeId, target: { snapshotId: rec.sourceSnapshotId } }, { locked: true });
+    const blocks = Math.ceil(this.o.content.volumeSizeBytes(rec.volumeId) / rec.blockSizeBytes);
+    return this.complete(
+      { ...rec, switchedAtMs: Date.now() },
+      blocks,
+      'completed online: the volume reads the snapshot (refreshed in place, nothing copied)',
+    );
+  }
+
+  private async complete(
+    rec: OperationRecord,
+    blocks: number,
+    message: string,
+    extra: object = {},
+  ): Promise<OperationRecord> {
+    const done = await this.store.put({
+      ...rec,
+      state: 'completed',
+      blocksTotal: blocks,
+      blocksDone: blocks,
+      completionTimeMs: Date.now(),
+      message,
+    });
+    this.progress.delete(rec.operationId);
+    this.opsTotal?.inc({ kind: rec.kind, result: 'completed' });
+    this.log.info(
+      { operationId: rec.operationId, volumeId: rec.volumeId, mode: rec.mode, ...extra },
+      'Operation completed',
+    );
+    return done;
   }
 }

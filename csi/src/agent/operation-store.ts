@@ -4,9 +4,14 @@
 // file is durable. Format (version 1):
 //   { version, operationId, kind: restore|refresh, volumeId, sourceSnapshotId ('' until a refresh from the
 //     source has cut its snapshot), sourceVolumeId, fromSource, keepRestorePoint, restorePointName,
-//     restorePointSnapshotId, state: pending|running|completed|failed, mode: copy, blocksDone, blocksTotal,
-//     blockSizeBytes, startTimeMs, completionTimeMs, message, errorCode, createdAtMs }
-// `running` means the volume's content may be partly converted: on start the agent resumes it before serving.
+//     restorePointSnapshotId, state: pending|running|completed|failed, mode: copy|online, blocksDone,
+//     blocksTotal, blockSizeBytes, startTimeMs, completionTimeMs, message, errorCode, createdAtMs,
+//     switchedAtMs? }
+// `mode` is fixed at creation: `copy` converts the content through the engine's write path while the volume is
+// held; `online` uses the engine's own restore (OP-13) or refresh (OP-10). `switchedAtMs` (optional, absent in
+// records written before it existed = 0) is when an online operation's switch was durable: from then on the
+// volume serves the new content and needs no lock; before it (or in copy mode) a `running` operation's volume
+// may be partly converted, so on start the agent takes its locks again before serving.
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fsyncDir, writeFileAtomic } from '../../../common/src/atomic-file.js';
@@ -30,7 +35,7 @@ export interface OperationRecord {
   readonly restorePointName: string;
   readonly restorePointSnapshotId: string;
   readonly state: OperationState;
-  readonly mode: 'copy';
+  readonly mode: OperationMode;
   readonly blocksDone: number;
   readonly blocksTotal: number;
   readonly blockSizeBytes: number;
@@ -39,7 +44,10 @@ export interface OperationRecord {
   readonly message: string;
   readonly errorCode: string;
   readonly createdAtMs: number;
+  readonly switchedAtMs?: number;
 }
+
+export type OperationMode = 'copy' | 'online';
 
 export function isOperationId(id: string): boolean {
   return OPERATION_ID_RE.test(id);
@@ -47,6 +55,11 @@ export function isOperationId(id: string): boolean {
 
 export function isActive(r: OperationRecord): boolean {
   return r.state === 'pending' || r.state === 'running';
+}
+
+/** An active operation whose volume must stay held (no stage, cut or delete) until it ends. */
+export function holdsVolume(r: OperationRecord): boolean {
+  return isActive(r) && !(r.mode === 'online' && (r.switchedAtMs ?? 0) > 0);
 }
 
 const STR = [
@@ -70,7 +83,10 @@ export function parseOperationRecord(file: string, raw: unknown): OperationRecor
   for (const k of NUM) if (!Number.isSafeInteger(r[k]) || (r[k] as number) < 0) throw bad(`bad ${k}`);
   if (r.kind !== 'restore' && r.kind !== 'refresh') throw bad('bad kind');
   if (!['pending', 'running', 'completed', 'failed'].includes(r.state as string)) throw bad('bad state');
-  if (r.mode !== 'copy') throw bad('bad mode');
+  if (r.mode !== 'copy' && r.mode !== 'online') throw bad('bad mode');
+  if (r.switchedAtMs !== undefined && (!Number.isSafeInteger(r.switchedAtMs) || (r.switchedAtMs as number) < 0)) {
+    throw bad('bad switchedAtMs');
+  }
   if (typeof r.fromSource !== 'boolean' || typeof r.keepRestorePoint !== 'boolean') throw bad('bad flags');
   if (!isOperationId(r.operationId as string)) throw bad('bad operationId');
   return r as unknown as OperationRecord;

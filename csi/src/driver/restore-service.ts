@@ -10,14 +10,19 @@
 //                 With keepRestorePoint, V's content before the restore is first kept as a normal CSI
 //                 snapshot (frozen when mounted), the undo point. A mounted file system must not see its
 //                 blocks change under its caches: a volume staged with a file system is refused (unstage, start,
-//                 stage again at once); a raw block volume may stay staged.
+//                 stage again at once); a raw block volume may stay staged: the kernel's buffer cache of its
+//                 loop device is written back before the switch and dropped after it (BLKFLSBUF), so buffered
+//                 readers of the device see the source too.
 //   refresh       thin clone V (made from a snapshot or a volume) onto another snapshot of its base volume, or
 //                 onto a fresh cut of that volume (`fromSource`): V keeps its id and handle, its content is
 //                 replaced at once, its own changes are dropped. Only while V is not staged.
 // Neither converts across volumes: a snapshot of another engine volume (a lineage ancestor of a hydrated or
 // copied volume) is refused with CSI_ERR_INVALID_FIELD; the agent keeps its copy mode for that case.
+// `{ locked: true }`: the caller (the node agent) already holds the volume's and the source's operation locks
+// for the call; the checks then run under its locks instead of taking them.
 import { CsiError } from '../errors.js';
 import type { RestoreOrder } from '../engine/volume.js';
+import { run } from '../mount/exec.js';
 import type { SnapshotRecord, VolumeRecord } from '../state/records.js';
 import type { DriverContext } from './context.js';
 import { snapshotKey, volumeKey } from './locks.js';
@@ -43,6 +48,11 @@ export interface RestoreProgress {
   readonly restorePointSnapshotId?: string;
 }
 
+export interface LockOptions {
+  /** The caller holds the volume's (and the source's) operation locks for the whole call. */
+  readonly locked?: boolean;
+}
+
 export interface RefreshInput {
   readonly volumeId: string;
   readonly target: { readonly snapshotId: string } | { readonly fromSource: true };
@@ -55,12 +65,15 @@ export class RestoreService {
   ) {}
 
   /** Starts an online in-place restore; see the file comment. Resolves once reads see the source. */
-  async startRestore(input: StartRestoreInput): Promise<RestoreProgress> {
+  async startRestore(input: StartRestoreInput, opts: LockOptions = {}): Promise<RestoreProgress> {
     const vol = this.volume(input.volumeId);
     this.checkRestoreTarget(vol);
     const source = this.resolveSource(vol, input.source);
     let restorePoint: SnapshotRecord | undefined;
     if (input.keepRestorePoint !== undefined) {
+      if (opts.locked === true) {
+        throw new CsiError('CSI_ERR_INVALID_FIELD', 'keepRestorePoint needs the volume lock: cut it before taking it');
+      }
       restorePoint = await this.snapshots.create({
         name: input.keepRestorePoint.name,
         sourceVolumeId: vol.volumeId,
@@ -70,9 +83,22 @@ export class RestoreService {
     const keys = [volumeKey(vol.volumeId)];
     if ('snapshotId' in input.source) keys.push(snapshotKey(input.source.snapshotId));
     else keys.push(volumeKey(input.source.volumeId));
-    await this.d.locks.run('StartRestore', keys, async () => {
-      this.checkRestoreTarget(this.volume(input.volumeId));
+    await this.underLocks('StartRestore', keys, opts, async () => {
+      const cur = this.volume(input.volumeId);
+      this.checkRestoreTarget(cur);
+      // A raw block volume may be in use: write the kernel's dirty pages of its device back before the switch
+      // (they are older than the restore) and drop its cached pages after it (they hold the old content).
+      const device = cur.stage?.accessType === 'block' ? await this.d.backend.attachedDevice(vol.volumeId) : undefined;
+      if (device !== undefined) await flushDeviceBuffers(device.device);
       await this.d.backend.startRestore(vol.volumeId, source, input.order);
+      if (device !== undefined) {
+        await flushDeviceBuffers(device.device).catch((err: unknown) =>
+          this.d.log.error(
+            { err, volumeId: vol.volumeId, device: device.device },
+            'Failed to drop the buffer cache of a staged block volume after the restore switch; buffered readers may see old data until it is reopened',
+          ),
+        );
+      }
     });
     this.d.log.info(
       { volumeId: vol.volumeId, source: input.source, restorePoint: restorePoint?.snapshotId },
@@ -92,10 +118,10 @@ export class RestoreService {
   }
 
   /** OP-10 for a thin clone; see the file comment. Returns the updated volume record. */
-  async refresh(input: RefreshInput): Promise<VolumeRecord> {
+  async refresh(input: RefreshInput, opts: LockOptions = {}): Promise<VolumeRecord> {
     const keys = [volumeKey(input.volumeId)];
     if ('snapshotId' in input.target) keys.push(snapshotKey(input.target.snapshotId));
-    return this.d.locks.run('RefreshVolume', keys, async () => {
+    return this.underLocks('RefreshVolume', keys, opts, async () => {
       const vol = this.volume(input.volumeId);
       const origin = vol.origin;
       if (origin.kind !== 'rw-clone' || origin.image === true || this.d.backend.backing(vol.volumeId) !== 'rw') {
@@ -145,6 +171,15 @@ export class RestoreService {
       this.d.log.info({ volumeId: vol.volumeId, target: input.target }, 'Refreshed volume');
       return next;
     });
+  }
+
+  private underLocks<T>(operation: string, keys: string[], opts: LockOptions, fn: () => Promise<T>): Promise<T> {
+    if (opts.locked !== true) return this.d.locks.run(operation, keys, fn);
+    const free = keys.find((k) => !this.d.locks.isHeld(k));
+    if (free !== undefined) {
+      throw new CsiError('CSI_ERR_BUSY', `${operation} called as locked, but nothing holds ${free}`);
+    }
+    return fn();
   }
 
   private volume(volumeId: string): VolumeRecord {
@@ -209,4 +244,9 @@ export class RestoreService {
     }
     return { rwCloneVolumeId: source.volumeId };
   }
+}
+
+/** BLKFLSBUF on a block device: writes its dirty pages back and drops its clean cached pages. */
+async function flushDeviceBuffers(device: string): Promise<void> {
+  await run('blockdev', ['--flushbufs', device], { timeoutMs: 60_000 });
 }

@@ -280,7 +280,7 @@ describe('driver services: thin clones, images, hydration, restore, refresh', ()
     );
     await rejectsWith(
       snapshots.create({ name: 'during', sourceVolumeId: v.volumeId, parameters: {} }),
-      'ENGINE_RESTORE_IN_PROGRESS',
+      'CSI_ERR_BUSY',
     );
     // The undo point is a normal CSI snapshot of the content before the restore.
     const undo = d.state.snapshot(started.restorePointSnapshotId!)!;

@@ -142,6 +142,14 @@ export class SnapshotService {
     if (!vol || !isVolumeId(vol.volumeId)) {
       throw new CsiError('CSI_ERR_VOLUME_NOT_FOUND', `source volume ${input.sourceVolumeId} does not exist`);
     }
+    const restoring = this.d.backend.restoreState(vol.volumeId);
+    if (restoring !== undefined) {
+      // The engine cuts no snapshot while an in-place restore copies; ABORTED makes callers retry.
+      throw new CsiError(
+        'CSI_ERR_BUSY',
+        `an in-place restore of volume ${vol.volumeId} is copying in the background (${restoring.doneBytes} of ${restoring.totalBytes} bytes); the snapshot can be cut once it completes, retry`,
+      );
+    }
     const rec: SnapshotRecord = {
       version: RECORD_VERSION,
       snapshotId: newSnapshotId(),

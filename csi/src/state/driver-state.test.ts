@@ -110,4 +110,25 @@ describe('DriverState', () => {
     expect(s.volumes()).toEqual([]);
     await expect(s.putVolume({ ...volume('x'), volumeId: '../../etc/passwd' })).rejects.toThrow(/refusing/);
   });
+
+  it('10-6 parentVolumeId: kept across a reload; records written before the field existed still load; a bad one is refused', async () => {
+    const s = await DriverState.load(dir, log);
+    const parent = volume('parent');
+    const child = volume('child', { parentVolumeId: parent.volumeId });
+    const old = volume('old');
+    await s.putVolume(parent);
+    await s.putVolume(child);
+    // An old file: exactly the fields of a version 1 record before parentVolumeId.
+    expect(Object.keys(old)).not.toContain('parentVolumeId');
+    await writeFile(join(dir, 'csi', 'volumes', `${old.volumeId}.json`), JSON.stringify(old));
+    const again = await DriverState.load(dir, log);
+    expect(again.volume(child.volumeId)?.parentVolumeId).toBe(parent.volumeId);
+    expect(again.volume(old.volumeId)).toEqual(old);
+    expect('parentVolumeId' in (again.volume(old.volumeId) as object)).toBe(false);
+    await writeFile(
+      join(dir, 'csi', 'volumes', `${child.volumeId}.json`),
+      JSON.stringify({ ...child, parentVolumeId: 'not-a-volume' }),
+    );
+    await expect(DriverState.load(dir, log)).rejects.toThrow(/bad parentVolumeId/);
+  });
 });

@@ -4,7 +4,8 @@
 //   <stateDir>/csi/volumes/<volumeId>.json     VolumeRecord
 //   <stateDir>/csi/snapshots/<snapshotId>.json SnapshotRecord
 // Each file is replaced atomically (tmp + fsync + rename + fsync dir). `version` is the record format; a
-// reader refuses versions it does not know. `phase` makes multi-step operations crash-safe:
+// reader refuses versions it does not know. Optional fields added within version 1 (absent in older files,
+// ignored by older readers): VolumeRecord.parentVolumeId. `phase` makes multi-step operations crash-safe:
 //   creating  written before the engine object is made; on restart, volumes are rolled back and snapshots
 //             rolled forward when the engine holds a snapshot tagged with their id
 //   ready     normal
@@ -68,6 +69,13 @@ export interface VolumeRecord {
   readonly fsType: string;
   readonly parameters: Readonly<Record<string, string>>;
   readonly contentSource: ContentSource | null;
+  /**
+   * The volume this volume's content came from at creation: the source volume of the snapshot it was made
+   * from, or the volume it was cloned from. Kept when that snapshot or volume is deleted (the lineage of
+   * in-place restore and refresh, csi/src/agent/lineage.ts). Absent for empty volumes and in records written
+   * before the field existed.
+   */
+  readonly parentVolumeId?: string;
   readonly origin: VolumeOrigin;
   readonly createdAt: number;
   readonly phase: Phase;
@@ -128,6 +136,9 @@ export function parseVolumeRecord(file: string, raw: unknown): VolumeRecord {
   if (raw.stage !== null && !isObj(raw.stage)) throw corrupt(file, 'bad stage');
   if (!isObj(raw.publish)) throw corrupt(file, 'bad publish');
   if (raw.contentSource !== null && !isObj(raw.contentSource)) throw corrupt(file, 'bad contentSource');
+  if (raw.parentVolumeId !== undefined && (typeof raw.parentVolumeId !== 'string' || !isVolumeId(raw.parentVolumeId))) {
+    throw corrupt(file, 'bad parentVolumeId');
+  }
   return raw as unknown as VolumeRecord;
 }
 
