@@ -278,10 +278,7 @@ describe('driver services: thin clones, images, hydration, restore, refresh', ()
       restores.startRestore({ volumeId: v.volumeId, source: { snapshotId: snap.snapshotId } }),
       'CSI_ERR_BUSY',
     );
-    await rejectsWith(
-      snapshots.create({ name: 'during', sourceVolumeId: v.volumeId, parameters: {} }),
-      'CSI_ERR_BUSY',
-    );
+    await rejectsWith(snapshots.create({ name: 'during', sourceVolumeId: v.volumeId, parameters: {} }), 'CSI_ERR_BUSY');
     // The undo point is a normal CSI snapshot of the content before the restore.
     const undo = d.state.snapshot(started.restorePointSnapshotId!)!;
     expect(undo.name).toBe('undo');

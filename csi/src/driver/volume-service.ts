@@ -71,7 +71,9 @@ export class VolumeService {
         fsType: fsTypes[0] ?? '',
         parameters: persistedParameters(input.parameters),
         contentSource: src,
-        ...(source === null ? {} : { parentVolumeId: 'snapshotId' in source ? source.sourceVolumeId : source.volumeId }),
+        ...(source === null
+          ? {}
+          : { parentVolumeId: 'snapshotId' in source ? source.sourceVolumeId : source.volumeId }),
         origin: { kind: src === null ? 'empty' : 'copy' } as VolumeOrigin,
         createdAt: Date.now(),
         phase: 'creating',
