@@ -2,8 +2,9 @@
 // VolumeRestore and VolumeRefresh end to end: kubectl objects on the real control plane, two real node plugins
 // (engine, FUSE, loop devices, ext4 and raw block) and the controller as a child process; data checked with
 // checksums through the kubelet stand-in's NodeStage/NodePublish.
+import { constants } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
+import { open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readAt, sha256, writeDurable, writeFiles } from '../csi/volumes.js';
@@ -164,7 +165,9 @@ describe.skipIf(!isRoot)(
         return condition(o, 'Accepted')?.reason === 'VolumeInUse' ? o : undefined;
       });
       expect(waiting.status?.phase).toBe('Pending');
-      expect(condition(waiting, 'Accepted')?.message).toMatch(/is staged \(in use by a pod\)/);
+      expect(condition(waiting, 'Accepted')?.message).toMatch(
+        /is staged with a mounted file system \(in use by a pod\)/,
+      );
       // The mounted file system was left alone.
       expect(await dirSums(m.targetPath)).toEqual(before);
       await env.kubelet.unmount(ns, 'data');
@@ -333,6 +336,100 @@ describe.skipIf(!isRoot)(
         expect(sha256(await readAt(m.targetPath, i * chunk, chunk)), `chunk ${i}`).toBe(bigSums[i]);
       }
       await env.kubelet.unmount(ns, 'big');
+    });
+
+    it('3-10 - raw block volume restored while attached and under a write load: reads see the snapshot at the switch, writes made after it stay', async () => {
+      const MiB = 1 << 20;
+      const restored = 160 * MiB; // the snapshot's data; the load writes into its last 8 MiB
+      const loadStart = restored - 8 * MiB;
+      const bs = 4096;
+      apply(pvcYaml('live', '256Mi', 'Block'));
+      await bound('live');
+      const m = await env.kubelet.mount(ns, 'live');
+      const snapData = randomBytes(restored);
+      for (let off = 0; off < restored; off += chunk)
+        await writeDurable(m.targetPath, off, snapData.subarray(off, off + chunk));
+      apply(snapYaml('live-s', 'live'));
+      await ready('live-s');
+      for (let off = 0; off < restored; off += chunk) await writeDurable(m.targetPath, off, randomBytes(chunk));
+
+      // The write load: 4 KiB O_DSYNC writes at random blocks of the load region, until told to stop.
+      type Write = { startMs: number; endMs: number; data: Buffer };
+      const writes = new Map<number, Write>();
+      let stop = false;
+      const fh = await open(m.targetPath, constants.O_RDWR | constants.O_DSYNC);
+      const load = (async () => {
+        try {
+          while (!stop) {
+            const block = Math.floor(Math.random() * ((restored - loadStart) / bs));
+            const data = randomBytes(bs);
+            const startMs = Date.now();
+            await fh.write(data, 0, bs, loadStart + block * bs);
+            writes.set(block, { startMs, endMs: Date.now(), data });
+          }
+        } finally {
+          await fh.close();
+        }
+      })();
+      try {
+        await new Promise((r) => setTimeout(r, 500));
+        const appliedMs = Date.now();
+        apply(restoreYaml('live-r', 'live', 'live-s'));
+        // The switch: the node records it once the volume reads the snapshot.
+        const switched = await waitFor(
+          'the online switch',
+          async () => {
+            const o = await vr('live-r');
+            const id = o?.status?.operationId;
+            const node = o?.status?.nodeName;
+            if (!id || !node) return undefined;
+            const file = join(env.plugins.get(node)!.stateDir, 'csi', 'operations', `${id}.json`);
+            const rec = JSON.parse(await readFile(file, 'utf8').catch(() => '{}')) as {
+              mode?: string;
+              switchedAtMs?: number;
+            };
+            return (rec.switchedAtMs ?? 0) > 0 ? rec : undefined;
+          },
+          { timeoutMs: 60_000, intervalMs: 20 },
+        );
+        expect(switched.mode).toBe('online');
+        const switchedAtMs = switched.switchedAtMs as number;
+        // Reads see the snapshot at once, through the same (still staged) device.
+        const first = await readAt(m.targetPath, 0, 32 * MiB);
+        const firstReadMs = Date.now() - appliedMs;
+        expect(sha256(first)).toBe(sha256(snapData.subarray(0, 32 * MiB)));
+        console.log(`3-10: first read of restored data ${firstReadMs} ms after kubectl apply`);
+        const done = await phase(vr, 'live-r', 'Completed');
+        expect(done.status?.message ?? '').toMatch(/completed online/);
+        stop = true;
+        await load;
+
+        // Outside the load region: the snapshot. Inside: per block, the load's last write when it started after
+        // the switch, the snapshot when that write ended before the restore was asked for, either in between.
+        const got = await readAt(m.targetPath, 0, restored);
+        expect(sha256(got.subarray(0, loadStart))).toBe(sha256(snapData.subarray(0, loadStart)));
+        let after = 0;
+        for (let b = 0; b < (restored - loadStart) / bs; b++) {
+          const off = loadStart + b * bs;
+          const have = got.subarray(off, off + bs);
+          const snap = snapData.subarray(off, off + bs);
+          const w = writes.get(b);
+          if (w === undefined || w.endMs < appliedMs) {
+            expect(have.equals(snap), `block ${b}: the snapshot`).toBe(true);
+          } else if (w.startMs >= switchedAtMs) {
+            after++;
+            expect(have.equals(w.data), `block ${b}: written after the switch`).toBe(true);
+          } else {
+            expect(have.equals(snap) || have.equals(w.data), `block ${b}: the snapshot or the last write`).toBe(true);
+          }
+        }
+        expect(after, 'blocks written after the switch').toBeGreaterThan(0);
+        expect((await readAt(m.targetPath, restored, 4 * MiB)).every((x) => x === 0)).toBe(true);
+      } finally {
+        stop = true;
+        await load;
+        await env.kubelet.unmount(ns, 'live');
+      }
     });
 
     it('3-9 - once everything is deleted, no volume, snapshot or operation lock is left on the nodes', async () => {
