@@ -116,6 +116,7 @@ start_plugin() { # dir
 TOTAL_PASSED=0
 TOTAL_FAILED=0
 STATUS=0
+FAIL_REPORT=""
 
 for at in "${ACCESS_TYPES[@]}"; do
   case "$at" in mount|block) ;; *) die "access type must be mount or block, got $at" ;; esac
@@ -147,6 +148,12 @@ for at in "${ACCESS_TYPES[@]}"; do
   if [ "$rc" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
   if [ "$failed" != 0 ]; then
     grep -E '^\s*\[FAIL\]|^  \[FAILED\]|\[FAIL\] ' "$dir/sanity.out" | sed 's/^/  /' >&2
+    # Repeated at the very end (CI shows the tail): each failed spec with the message it failed with.
+    FAIL_REPORT+="$at:"$'\n'"$(grep -E -A4 '^\s*\[FAILED\]' "$dir/sanity.out" | grep -v '^--$' | head -60 | sed 's/^/    /')"$'\n'
+    FAIL_REPORT+="$(sed -n '/^Summarizing [0-9]* Failure/,$p' "$dir/sanity.out" | head -20 | sed 's/^/    /')"$'\n'
+    keep="$ROOT/.loopsnap/test-logs/csi-sanity-$at"
+    rm -rf "$keep" && mkdir -p "$keep" && cp "$dir/sanity.out" "$dir/plugin.log" "$dir/junit.xml" "$keep/" 2>/dev/null
+    log "csi-sanity output, plugin log and junit kept in $keep"
     log "plugin log: $dir/plugin.log (kept: LOOPSNAP_SANITY_KEEP=1)"
     [ "${LOOPSNAP_SANITY_KEEP:-0}" = 1 ] || tail -30 "$dir/plugin.log" >&2
     STATUS=1
@@ -174,5 +181,9 @@ for at in "${ACCESS_TYPES[@]}"; do
   TOTAL_FAILED=$((TOTAL_FAILED + failed))
 done
 
+if [ -n "$FAIL_REPORT" ]; then
+  echo "csi-sanity failures:"
+  printf '%s' "$FAIL_REPORT"
+fi
 echo "$TOTAL_PASSED passed, $TOTAL_FAILED failed"
 [ "$TOTAL_FAILED" = 0 ] && [ "$STATUS" = 0 ]
