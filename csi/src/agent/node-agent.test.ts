@@ -7,55 +7,27 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { LoopsnapError } from '../../../common/src/errors.js';
 import { createLogger } from '../../../common/src/log.js';
-import { DriverContext } from '../driver/context.js';
+import type { DriverContext } from '../driver/context.js';
+import {
+  blockVolumeInput as input,
+  MiB,
+  rejectsWithCode as rejectsWith,
+  sameBytes as same,
+  testDriverContext,
+  until,
+} from '../driver/driver-harness.testing.js';
 import { volumeKey } from '../driver/locks.js';
 import { MemoryBackend, MemoryFactory } from '../driver/memory-backend.testing.js';
 import { recoverState } from '../driver/recovery.js';
 import { RestoreService } from '../driver/restore-service.js';
 import { SnapshotService } from '../driver/snapshot-service.js';
-import { type CreateVolumeInput, VolumeService } from '../driver/volume-service.js';
+import { VolumeService } from '../driver/volume-service.js';
 import { pattern } from '../engine/testing/model.js';
 import { DriverState } from '../state/driver-state.js';
 import type { StageRecord } from '../state/records.js';
 import type { ContentPort } from './content-port.js';
 import { NodeAgent, type OperationView } from './node-agent.js';
-
-const MiB = 1024 * 1024;
-const blockCap = { block: {}, access_mode: { mode: 'SINGLE_NODE_WRITER' as const } };
-
-function input(name: string, extra: Partial<CreateVolumeInput> = {}): CreateVolumeInput {
-  return {
-    name,
-    capacityRange: { required_bytes: String(4 * MiB) },
-    capabilities: [blockCap],
-    parameters: {},
-    contentSource: null,
-    accessibility: null,
-    ...extra,
-  };
-}
-
-const same = (a: Uint8Array, b: Uint8Array): boolean => Buffer.compare(a, b) === 0;
-
-async function until(what: string, cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 2000; i++) {
-    if (cond()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
-async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err, 'expected a rejection').toBeInstanceOf(LoopsnapError);
-  expect((err as LoopsnapError).code).toBe(code);
-  if (message) expect((err as Error).message).toMatch(message);
-}
 
 /** The agent's content port over the memory backend's engine (EngineBackend implements it for real). */
 function contentPort(b: () => MemoryBackend): ContentPort {
@@ -87,19 +59,7 @@ describe('node agent: online and copy mode', () => {
     // Paused: the background copy of a restore stays pending, to observe the online phase.
     if (opts.paused === true) await backend.engine.scheduler.close();
     const state = await DriverState.load(dir, log);
-    d = new DriverContext(
-      {
-        driverName: 'csi.loopsnap.dev',
-        vendorVersion: 'test',
-        nodeId: 'node-a',
-        maxVolumesPerNode: 0,
-        defaultFsType: 'ext4',
-        capacity: { defaultBytes: 8 * MiB, alignBytes: 4096, minBytes: MiB, maxBytes: 64 * MiB },
-      },
-      state,
-      backend,
-      log,
-    );
+    d = testDriverContext(state, backend, log);
     await recoverState(d, backend.engine.storedVolumeIds());
     volumes = new VolumeService(d);
     snapshots = new SnapshotService(d);

@@ -10,53 +10,22 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../../common/src/log.js';
 import { pattern } from '../engine/testing/model.js';
-import { LoopsnapError } from '../../../common/src/errors.js';
 import { DriverState } from '../state/driver-state.js';
 import { watchBackgroundJobs } from './background.js';
-import { DriverContext } from './context.js';
+import type { DriverContext } from './context.js';
+import {
+  blockVolumeInput as input,
+  MiB,
+  rejectsWithCode as rejectsWith,
+  sameBytes as same,
+  testDriverContext,
+  until,
+} from './driver-harness.testing.js';
 import { MemoryBackend, MemoryFactory } from './memory-backend.testing.js';
 import { recoverState } from './recovery.js';
 import { RestoreService } from './restore-service.js';
 import { SnapshotService } from './snapshot-service.js';
-import { type CreateVolumeInput, VolumeService } from './volume-service.js';
-
-const MiB = 1024 * 1024;
-const blockCap = { block: {}, access_mode: { mode: 'SINGLE_NODE_WRITER' as const } };
-
-function input(name: string, extra: Partial<CreateVolumeInput> = {}): CreateVolumeInput {
-  return {
-    name,
-    capacityRange: { required_bytes: String(4 * MiB) },
-    capabilities: [blockCap],
-    parameters: {},
-    contentSource: null,
-    accessibility: null,
-    ...extra,
-  };
-}
-
-async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err, 'expected a rejection').toBeInstanceOf(LoopsnapError);
-  expect((err as LoopsnapError).code).toBe(code);
-  if (message) expect((err as Error).message).toMatch(message);
-}
-
-/** Byte equality of large buffers (vitest's deep equality is slow on MiBs). */
-function same(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.compare(a, b) === 0;
-}
-
-async function until(what: string, cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 2000; i++) {
-    if (cond()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { VolumeService } from './volume-service.js';
 
 describe('driver services: thin clones, images, hydration, restore, refresh', () => {
   let dir: string;
@@ -71,19 +40,7 @@ describe('driver services: thin clones, images, hydration, restore, refresh', ()
     const log = createLogger({ component: 'test', level: 'silent' });
     backend = await MemoryBackend.start(factory);
     const state = await DriverState.load(dir, log);
-    d = new DriverContext(
-      {
-        driverName: 'csi.loopsnap.dev',
-        vendorVersion: 'test',
-        nodeId: 'node-a',
-        maxVolumesPerNode: 0,
-        defaultFsType: 'ext4',
-        capacity: { defaultBytes: 8 * MiB, alignBytes: 4096, minBytes: MiB, maxBytes: 64 * MiB },
-      },
-      state,
-      backend,
-      log,
-    );
+    d = testDriverContext(state, backend, log);
     watchBackgroundJobs(d);
     volumes = new VolumeService(d);
     snapshots = new SnapshotService(d);

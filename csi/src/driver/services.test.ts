@@ -12,7 +12,8 @@ import { createLogger } from '../../../common/src/log.js';
 import { CsiError } from '../errors.js';
 import { DriverState } from '../state/driver-state.js';
 import { RECORD_VERSION } from '../state/records.js';
-import { DriverContext } from './context.js';
+import type { DriverContext } from './context.js';
+import { testDriverContext } from './driver-harness.testing.js';
 import { MemoryBackend } from './memory-backend.testing.js';
 import { MetadataService } from './metadata-service.js';
 import { recoverState } from './recovery.js';
@@ -70,19 +71,7 @@ describe('driver services', () => {
       }),
     });
     const state = await DriverState.load(dir, log);
-    d = new DriverContext(
-      {
-        driverName: 'csi.loopsnap.dev',
-        vendorVersion: 'test',
-        nodeId: 'node-a',
-        maxVolumesPerNode: 0,
-        defaultFsType: 'ext4',
-        capacity: { defaultBytes: 8 * MiB, alignBytes: 4096, minBytes: MiB, maxBytes: 64 * MiB },
-      },
-      state,
-      backend,
-      log,
-    );
+    d = testDriverContext(state, backend, log);
     volumes = new VolumeService(d);
     snapshots = new SnapshotService(d);
     metadata = new MetadataService(d);
