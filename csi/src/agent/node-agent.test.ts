@@ -282,6 +282,47 @@ describe('node agent: online and copy mode', () => {
     );
   });
 
+  it('10-6 the lineage outlives the snapshot a clone was made from; a snapshot outside it is refused', async () => {
+    const src = await volumes.create(input('src'));
+    const other = await volumes.create(input('other'));
+    await write(src.volumeId, 0, pattern(1, MiB));
+    const s1 = await snapshots.create({ name: 's1', sourceVolumeId: src.volumeId, parameters: {} });
+    const clone = await volumes.create(input('c', { contentSource: { kind: 'snapshot', snapshotId: s1.snapshotId } }));
+    await snapshots.delete(s1.snapshotId);
+    await write(src.volumeId, 0, pattern(2, MiB));
+    const s2 = await snapshots.create({ name: 's2', sourceVolumeId: src.volumeId, parameters: {} });
+    const foreign = await snapshots.create({ name: 'f', sourceVolumeId: other.volumeId, parameters: {} });
+    await rejectsWith(
+      agent.startRestore({
+        operationId: 'restore-foreign',
+        volumeId: clone.volumeId,
+        snapshotId: foreign.snapshotId,
+        keepRestorePoint: false,
+        restorePointName: '',
+      }),
+      'AGENT_ERR_NOT_IN_LINEAGE',
+      new RegExp(`${clone.volumeId} <- ${src.volumeId}`),
+    );
+    await agent.startRefresh({
+      operationId: 'refresh-after',
+      volumeId: clone.volumeId,
+      snapshotId: '',
+      fromSource: true,
+    });
+    await until('refresh from the source', done('refresh-after'));
+    expect(agent.get('refresh-after')).toMatchObject({ state: 'completed', mode: 'online' });
+    expect(same(await read(clone.volumeId, 0, MiB), pattern(2, MiB))).toBe(true);
+    await agent.startRestore({
+      operationId: 'restore-lineage',
+      volumeId: clone.volumeId,
+      snapshotId: s2.snapshotId,
+      keepRestorePoint: false,
+      restorePointName: '',
+    });
+    await until('the copy', done('restore-lineage'));
+    expect(agent.get('restore-lineage')).toMatchObject({ state: 'completed', mode: 'copy' });
+  });
+
   it('10-5 an online restore whose volume is deleted during the copy fails with a clear message', async () => {
     await restart({ paused: true });
     const v = await volumes.create(input('v'));
