@@ -22,6 +22,7 @@ export interface ControllerConfig {
   readonly resyncPeriodMs: number;
   readonly timeoutMs: number;
   readonly readyPollIntervalMs: number;
+  readonly snapshotHealthIntervalMs: number;
   readonly capacityPollIntervalMs: number;
   readonly httpEndpoint: string | undefined;
   readonly metricsPath: string;
@@ -141,6 +142,12 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     kind: 'duration',
     def: '500ms',
     help: 'First interval between checks of a snapshot that is not ready yet; doubles up to 10s (default 500ms)',
+  },
+  'snapshot-health-interval': {
+    key: 'snapshotHealthIntervalMs',
+    kind: 'duration',
+    def: '1m',
+    help: 'How often the node is asked whether each ready snapshot still is (a full save pool invalidates snapshots); 0 = never (default 1m)',
   },
   'capacity-poll-interval': {
     key: 'capacityPollIntervalMs',

@@ -26,6 +26,7 @@ import { Resources } from './kube/resources.js';
 import type { VolumeSnapshot, VolumeSnapshotContent } from './kube/types.js';
 import {
   ANN_BEING_CREATED,
+  ANN_SNAPSHOT_INVALID,
   csiSnapshotNameFor,
   FIN_CONTENT_BOUND,
   LABEL_MANAGED_BY,
@@ -50,6 +51,8 @@ export class ContentController {
   /** Backoff of calls to node plugins, per content (see RetryGate). */
   readonly gate: RetryGate;
   private readonly polls = new Map<string, number>();
+  /** Last health check of a ready content (ms since the epoch), by content name. */
+  private readonly checked = new Map<string, number>();
 
   constructor(private readonly d: Deps) {
     const s = d.settings;
@@ -67,6 +70,7 @@ export class ContentController {
     d.caches.contents.onChange((c, type) => {
       if (type === 'delete') {
         this.polls.delete(c.metadata.name);
+        this.checked.delete(c.metadata.name);
         this.gate.succeeded(c.metadata.name);
       } else this.loop.enqueue(c.metadata.name);
     });
@@ -125,6 +129,8 @@ export class ContentController {
       case 'done':
       case 'waitForSnapshot':
         return {};
+      case 'watchHealth':
+        return this.watchHealth(w, action.snapshotHandle, log);
       case 'addFinalizer':
         await kube.setFinalizers(R.VolumeSnapshotContent, c, [FIN_CONTENT_BOUND]);
         return 'continue';
@@ -169,6 +175,65 @@ export class ContentController {
         );
       }
     }
+  }
+
+  /**
+   * A ready snapshot stays ready unless the engine invalidates it (its save pool filled, EC-5): ask its node
+   * every snapshotHealthIntervalMs; once the node reports it not ready, mark the content (annotation,
+   * readyToUse false, status.error) and say so in events on the content and its VolumeSnapshot. The snapshot
+   * controller carries readyToUse and the error to the VolumeSnapshot. Node trouble is reported elsewhere.
+   */
+  private async watchHealth(
+    w: ContentWorld,
+    handle: string,
+    log: ReconcileContext['log'],
+  ): Promise<ReconcileResult | 'continue'> {
+    const c = w.content;
+    const interval = this.d.settings.snapshotHealthIntervalMs;
+    if (interval <= 0) return {};
+    const now = Date.now();
+    const last = this.checked.get(c.metadata.name);
+    if (last === undefined) {
+      // Just became ready (or the controller just started): the first check comes one interval later.
+      this.checked.set(c.metadata.name, now);
+      return { requeueAfterMs: interval };
+    }
+    if (now - last < interval) return { requeueAfterMs: interval - (now - last) };
+    this.checked.set(c.metadata.name, now);
+    const nodeId = c.metadata.labels?.[LABEL_MANAGED_BY];
+    const info = nodeId === undefined ? undefined : this.d.nodes.get(nodeId);
+    if (nodeId === undefined || !info?.ready || !info.endpoint) return { requeueAfterMs: interval };
+    let found: CsiSnapshot | undefined;
+    try {
+      found = (await this.d.csi.get(nodeId, info.endpoint).listSnapshots({ snapshotId: handle })).find(
+        (s) => s.snapshotId === handle,
+      );
+    } catch (err) {
+      log.debug({ err, snapshotHandle: handle, node: nodeId }, 'Snapshot health check failed; retried later');
+      return { requeueAfterMs: interval };
+    }
+    if (found?.readyToUse === true) return { requeueAfterMs: interval };
+    const message = found
+      ? `snapshot "${handle}" on node ${nodeId} is no longer usable: the engine invalidated it because the save pool of volume "${found.sourceVolumeId}" was full (its before-images could not be kept; the volume's own data is intact). Delete this snapshot, and give the node's save pools room (free space in its state dir, or a higher --save-quota-bytes)`
+      : `snapshot "${handle}" no longer exists on node ${nodeId}; delete this snapshot`;
+    const time = nowTime();
+    await this.d.kube.patch(Resources.VolumeSnapshotContent, c.metadata, {
+      metadata: { annotations: { [ANN_SNAPSHOT_INVALID]: time } },
+    });
+    await this.d.kube.patch(
+      Resources.VolumeSnapshotContent,
+      c.metadata,
+      { status: { readyToUse: false, error: { message, time } } },
+      { subresource: 'status' },
+    );
+    this.d.events.record(Resources.VolumeSnapshotContent, c, 'Warning', Reason.SnapshotInvalidated, message);
+    if (w.snapshot)
+      this.d.events.record(Resources.VolumeSnapshot, w.snapshot, 'Warning', Reason.SnapshotInvalidated, message);
+    log.warn(
+      { snapshotHandle: handle, node: nodeId, sourceVolumeId: found?.sourceVolumeId },
+      'Snapshot invalidated on its node',
+    );
+    return {};
   }
 
   /** Node that holds the content's source volume (dynamic contents). */

@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { type ContentAction, type ContentWorld, decideContentAction } from './content-logic.js';
 import { content, DRIVER, vs, vsClass } from './fixtures.testing.js';
-import { ANN_BEING_CREATED, ANN_BEING_DELETED } from './names.js';
+import { ANN_BEING_CREATED, ANN_BEING_DELETED, ANN_SNAPSHOT_INVALID } from './names.js';
 
 const BC = { [ANN_BEING_CREATED]: 'yes' };
 const liveVs = vs('snap', { cls: 'gold' });
@@ -47,9 +47,31 @@ const cases: Array<{ name: string; w: ContentWorld; want: ContentAction }> = [
     want: { type: 'createSnapshot' },
   },
   {
-    name: '2-6 - nothing to do for a ready content',
+    name: '2-6 - a ready content is only watched (is it still ready on the node?)',
     w: w({ content: content('c1', { status: { snapshotHandle: 'h', readyToUse: true } }) }),
+    want: { type: 'watchHealth', snapshotHandle: 'h' },
+  },
+  {
+    name: '2-7 - an invalidated snapshot is neither polled nor re-created',
+    w: w({
+      content: content('c1', {
+        annotations: { [ANN_SNAPSHOT_INVALID]: '2026-01-01T00:00:00Z' },
+        status: { snapshotHandle: 'h', readyToUse: false, error: { message: 'invalidated' } },
+      }),
+    }),
     want: { type: 'done' },
+  },
+  {
+    name: '2-8 - an invalidated snapshot is still deleted with its VolumeSnapshot',
+    w: w({
+      content: content('c1', {
+        deleting: true,
+        annotations: { [ANN_SNAPSHOT_INVALID]: '2026-01-01T00:00:00Z' },
+        status: { snapshotHandle: 'h1', readyToUse: false },
+      }),
+      snapshot: undefined,
+    }),
+    want: { type: 'deleteSnapshot', snapshotHandle: 'h1' },
   },
   {
     name: '3-1 - imports a pre-provisioned handle',
@@ -57,9 +79,9 @@ const cases: Array<{ name: string; w: ContentWorld; want: ContentAction }> = [
     want: { type: 'importSnapshot' },
   },
   {
-    name: '3-2 - nothing to do for an imported ready pre-provisioned content',
+    name: '3-2 - an imported ready pre-provisioned content is only watched',
     w: w({ content: content('c1', { handle: 'h9', status: { snapshotHandle: 'h9', readyToUse: true } }) }),
-    want: { type: 'done' },
+    want: { type: 'watchHealth', snapshotHandle: 'h9' },
   },
   {
     name: '4-1 - deletes the object when its snapshot is gone and the policy is Delete',

@@ -8,7 +8,7 @@
 // again (idempotent by name) to learn the handle, then DeleteSnapshot. So a crash or timeout anywhere
 // neither leaks a snapshot on the node nor creates a second one.
 import type { VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotContent } from './kube/types.js';
-import { ANN_BEING_CREATED, ANN_BEING_DELETED, FIN_CONTENT_BOUND } from './names.js';
+import { ANN_BEING_CREATED, ANN_BEING_DELETED, ANN_SNAPSHOT_INVALID, FIN_CONTENT_BOUND } from './names.js';
 
 export interface ContentWorld {
   readonly driver: string;
@@ -22,6 +22,8 @@ export interface ContentWorld {
 export type ContentAction =
   | { readonly type: 'ignore' }
   | { readonly type: 'done' }
+  /** Ready: nothing to do but to ask the node now and then whether the snapshot still is (save pool full). */
+  | { readonly type: 'watchHealth'; readonly snapshotHandle: string }
   | { readonly type: 'addFinalizer' }
   | { readonly type: 'removeFinalizer' }
   /** Its snapshot is gone and the policy is Delete: delete this content object. */
@@ -74,10 +76,13 @@ export function decideContentAction(w: ContentWorld): ContentAction {
   if (c.metadata.deletionTimestamp) return decideDeletion(w);
   if (!c.metadata.finalizers?.includes(FIN_CONTENT_BOUND)) return { type: 'addFinalizer' };
   if (boundSnapshotGone(w) && c.spec.deletionPolicy === 'Delete' && !isBeingCreated(c)) return { type: 'deleteObject' };
+  // Invalidated by the engine (EC-5): only deletion is left; never poll or re-create it.
+  if (c.metadata.annotations?.[ANN_SNAPSHOT_INVALID] && !isBeingCreated(c)) return { type: 'done' };
 
   if (c.spec.source.volumeHandle) {
     if (c.status?.snapshotHandle && c.status.readyToUse === true) {
-      return isBeingCreated(c) ? { type: 'createSnapshot' } : { type: 'done' };
+      if (isBeingCreated(c)) return { type: 'createSnapshot' };
+      return boundSnapshotGone(w) ? { type: 'done' } : { type: 'watchHealth', snapshotHandle: c.status.snapshotHandle };
     }
     // A dynamic content whose snapshot is gone is not created at all (it is about to be deleted).
     if (boundSnapshotGone(w) && !isBeingCreated(c)) return { type: 'done' };
@@ -85,7 +90,9 @@ export function decideContentAction(w: ContentWorld): ContentAction {
     return { type: 'createSnapshot' };
   }
   if (c.spec.source.snapshotHandle) {
-    return c.status?.readyToUse === true && c.status.snapshotHandle ? { type: 'done' } : { type: 'importSnapshot' };
+    return c.status?.readyToUse === true && c.status.snapshotHandle
+      ? { type: 'watchHealth', snapshotHandle: c.status.snapshotHandle }
+      : { type: 'importSnapshot' };
   }
   return { type: 'done' };
 }

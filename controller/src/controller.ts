@@ -116,6 +116,7 @@ export function buildController(opts: ControllerOptions): RunningController {
         retryIntervalStartMs: cfg.retryIntervalStartMs,
         retryIntervalMaxMs: cfg.retryIntervalMaxMs,
         readyPollIntervalMs: cfg.readyPollIntervalMs,
+        snapshotHealthIntervalMs: cfg.snapshotHealthIntervalMs,
         defaultFsType: cfg.defaultFsType,
       },
       kube,

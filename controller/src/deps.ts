@@ -35,6 +35,8 @@ export interface ReconcilerSettings {
   readonly retryIntervalMaxMs: number;
   /** First delay between CreateSnapshot polls while a snapshot is not ready; doubles up to 10 s. */
   readonly readyPollIntervalMs: number;
+  /** How often the node is asked whether a ready snapshot still is (0: never). */
+  readonly snapshotHealthIntervalMs: number;
   readonly defaultFsType: string;
 }
 

@@ -21,6 +21,11 @@ export const FIN_PVC_AS_SOURCE = 'snapshot.storage.kubernetes.io/pvc-as-source-p
 export const ANN_BEING_CREATED = 'snapshot.storage.kubernetes.io/volumesnapshot-being-created';
 /** Set on the content by the snapshot controller when the VolumeSnapshot is deleted (policy Delete). */
 export const ANN_BEING_DELETED = 'snapshot.storage.kubernetes.io/volumesnapshot-being-deleted';
+/**
+ * Ours: set when the node reports a once-ready snapshot as no longer ready (the engine invalidated it, EC-5);
+ * value: when, RFC 3339. An invalidated snapshot is never polled or re-created again; it can only be deleted.
+ */
+export const ANN_SNAPSHOT_INVALID = 'loopsnap.dev/snapshot-invalidated';
 export const ANN_DEFAULT_SNAPSHOT_CLASS = 'snapshot.storage.kubernetes.io/is-default-class';
 /** Node that owns a node-local volume's snapshots (upstream "distributed snapshotting"). */
 export const LABEL_MANAGED_BY = 'snapshot.storage.kubernetes.io/managed-by';
@@ -74,6 +79,7 @@ export const Reason = {
   SnapshotContentCheckandUpdateFailed: 'SnapshotContentCheckandUpdateFailed',
   SnapshotDeleteError: 'SnapshotDeleteError',
   NodeUnavailable: 'NodeUnavailable',
+  SnapshotInvalidated: 'SnapshotInvalidated',
   Provisioning: 'Provisioning',
   ProvisioningSucceeded: 'ProvisioningSucceeded',
   ProvisioningFailed: 'ProvisioningFailed',

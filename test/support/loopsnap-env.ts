@@ -23,6 +23,8 @@ export interface EnvOptions {
   readonly nodes: readonly string[];
   readonly controllers?: number;
   readonly controllerArgs?: readonly string[];
+  /** Extra node plugin flags (every node). */
+  readonly pluginArgs?: readonly string[];
   readonly controllerLogLevel?: string;
   readonly pluginLogLevel?: string;
 }
@@ -102,6 +104,7 @@ export class LoopsnapEnv {
       this.cluster.kubeconfigPath,
       '--registry-namespace',
       this.namespace,
+      ...(this.opts.pluginArgs ?? []),
     ];
   }
 
