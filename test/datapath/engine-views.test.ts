@@ -454,4 +454,23 @@ describe('data path: engine views through FUSE and loop devices', () => {
       }
     },
   );
+
+  it.skipIf(!isRoot)(
+    '4-2 (root) detach releases a view held by two loop devices (a stray attach), so it can be unexposed',
+    async () => {
+      const { host, volumeId, loop } = await startVolume({ sizeBytes: 16 * MiB });
+      // A second loop device on the same view file, as a losetup that attached and then failed would leave.
+      const stray = (await sh('losetup', ['--find', '--show', loop.backingFile])).trim();
+      res.loop(stray);
+      expect(stray).not.toBe(loop.device);
+      expect(await host.call<number>('openCount', { name: volumeId })).toBeGreaterThanOrEqual(2);
+      await host.call('detach', { name: volumeId });
+      expect(await host.call<number>('openCount', { name: volumeId })).toBe(0);
+      expect(
+        (await sh('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'])).includes(loop.backingFile),
+      ).toBe(false);
+      await host.call('unexpose', { name: volumeId });
+      expect(await host.call<string[]>('views')).not.toContain(volumeId);
+    },
+  );
 });

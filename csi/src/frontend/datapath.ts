@@ -19,11 +19,14 @@ import type { Logger } from '../../../common/src/log.js';
 import { type CleanupReport, cleanupStale } from '../mount/cleanup.js';
 import { MountError } from '../mount/errors.js';
 import { withFrozenFs } from '../mount/freeze.js';
-import { attachLoop, detachLoop, type LoopDevice, loopForFile } from '../mount/loop-device.js';
+import { attachLoop, detachLoop, type LoopDevice, loopForFile, loopsForFile } from '../mount/loop-device.js';
 import { FUSE_FSTYPE } from './fuse-mount.js';
 import { FuseServer } from './fuse-server.js';
 import { RangeLock } from './range-lock.js';
 import type { EngineFastPath } from './view-protocol.js';
+
+/** How long a detach waits for the kernel to release the view file (RELEASE) before unexposing fails. */
+const DETACH_RELEASE_TIMEOUT_MS = 30_000;
 
 /** The engine's production volume, as the data path uses it (implemented by engine-ports.ts). */
 export interface LiveVolumePort {
@@ -220,14 +223,26 @@ export class Datapath {
 
   /** Detaches the loop device of view `name`, or the given device. Not attached is not an error. */
   async detach(nameOrDevice: string): Promise<void> {
-    const device = nameOrDevice.startsWith('/dev/')
-      ? nameOrDevice
-      : (await loopForFile(this.server.pathOf(nameOrDevice)))?.device;
-    if (!device) return;
-    await detachLoop(device);
-    // The kernel releases the view file asynchronously after LOOP_CLR_FD; wait for the RELEASE.
+    const devices = nameOrDevice.startsWith('/dev/')
+      ? [nameOrDevice]
+      : (await loopsForFile(this.server.pathOf(nameOrDevice))).map((l) => l.device);
+    if (devices.length === 0) return;
+    for (const d of devices) await detachLoop(d);
+    const device = devices.join(',');
+    // The kernel releases the view file asynchronously after LOOP_CLR_FD (a workqueue, and later still while
+    // another opener holds the loop device): wait for the RELEASE, long enough for a loaded machine.
     const name = nameOrDevice.startsWith('/dev/') ? undefined : nameOrDevice;
-    for (let i = 0; name && i < 200 && this.server.openCount(name) > 0; i++) {
+    if (name === undefined) return;
+    const start = Date.now();
+    let warned = false;
+    while (this.server.openCount(name) > 0 && Date.now() - start < DETACH_RELEASE_TIMEOUT_MS) {
+      if (!warned && Date.now() - start > 2000) {
+        warned = true;
+        this.log.warn(
+          { view: name, device },
+          'The kernel has not released the view 2 s after the loop detach; waiting',
+        );
+      }
       await new Promise((r) => setTimeout(r, 10));
     }
   }

@@ -24,6 +24,7 @@ import {
   type EngineFastPath,
   VIEW_ACTIVE,
   type ViewDescriptor,
+  type WorkerControl,
   type WorkerRequest,
 } from './view-protocol.js';
 
@@ -47,7 +48,7 @@ interface Reply {
 }
 
 /** A session over in-memory "files" and a recording /dev/fuse. */
-function harness() {
+function harness(opts: { control?: () => WorkerControl | undefined } = {}) {
   const files = new Map<number, Uint8Array>();
   const replies: Reply[] = [];
   const calls: WorkerRequest[] = [];
@@ -96,7 +97,7 @@ function harness() {
         body: new Uint8Array(),
       });
     },
-    control: () => undefined,
+    control: opts.control ?? (() => undefined),
     emit: () => undefined,
     inBuf,
     outBuf,
@@ -188,6 +189,33 @@ describe('FuseSession', () => {
     expect(Atomics.load(ctl, CTL_OPENS)).toBe(1);
     t.send(frames.release(8, 3));
     expect(Atomics.load(ctl, CTL_OPENS)).toBe(0);
+  });
+
+  it('1-4b RELEASE on a worker that has not seen the view yet (OPEN went to another worker) still closes the handle', () => {
+    const queue: WorkerControl[] = [];
+    const t = harness({ control: () => queue.shift() });
+    const ctl = new SharedArrayBuffer(CTL_WORDS * 4);
+    const c = new Int32Array(ctl);
+    Atomics.store(c, CTL_STATE, VIEW_ACTIVE);
+    Atomics.store(c, CTL_OPENS, 1); // the other worker's OPEN
+    queue.push({
+      t: 'add',
+      view: {
+        nodeId: 9,
+        name: 'vol-late',
+        kind: 'file',
+        readOnly: false,
+        sizeBytes: 4096,
+        fd: 109,
+        fdDirect: -1,
+        ctl,
+        blockShift: 12,
+        engine: null,
+        mtimeSec: 0,
+      },
+    });
+    expect(t.send(frames.release(2, 9))?.error).toBe(0);
+    expect(Atomics.load(c, CTL_OPENS)).toBe(0);
   });
 
   it('1-5 live view: writes touching an unsettled block go to the engine; settled ones go to the clone file', () => {

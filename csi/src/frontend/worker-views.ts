@@ -45,12 +45,17 @@ export class WorkerViews {
     this.ids.set(d.name, d.nodeId);
   }
 
-  /** Applies pending control messages and forgets removed views. */
-  drain(): void {
+  /** Applies pending control messages. */
+  private applyControl(): void {
     for (let m = this.control(); m; m = this.control()) {
       if (m.t === 'add' || m.t === 'update') this.add(m.view);
       else if (m.t === 'stop') this.onStop();
     }
+  }
+
+  /** Applies pending control messages and forgets removed views. */
+  drain(): void {
+    this.applyControl();
     for (const [id, v] of this.byId) {
       if (Atomics.load(v.ctl, CTL_STATE) !== VIEW_ACTIVE) {
         this.byId.delete(id);
@@ -69,8 +74,15 @@ export class WorkerViews {
     return v && Atomics.load(v.ctl, CTL_STATE) === VIEW_ACTIVE ? v : undefined;
   }
 
-  /** Any known view with this node id, active or not (RELEASE of a removed view). */
+  /**
+   * Any known view with this node id, active or not (RELEASE of a removed view). A miss applies pending control
+   * messages first without pruning: the OPEN may have been answered by another worker, and this one may not
+   * have seen the view yet (a lost RELEASE would keep the view open for ever).
+   */
   peek(nodeId: number): ViewState | undefined {
+    const v = this.byId.get(nodeId);
+    if (v) return v;
+    this.applyControl();
     return this.byId.get(nodeId);
   }
 

@@ -64,6 +64,10 @@ export async function attachLoop(opts: AttachLoopOptions): Promise<LoopDevice> {
   try {
     out = (await run('losetup', [...base, `--direct-io=${wantDio ? 'on' : 'off'}`, opts.file])).stdout;
   } catch (err) {
+    // losetup attaches before it sets direct I/O, and a timed-out losetup may have attached too: a device it
+    // left on the file is the attach (a second one would keep the file open after the first is detached).
+    const left = await loopsForFile(opts.file);
+    if (left[0] !== undefined) return left[0];
     if (!wantDio)
       throw new MountError('DP_ERR_LOOP', `attach loop on ${opts.file}: ${(err as Error).message}`, { cause: err });
     // Older kernels refuse direct I/O on some backing files; buffered still works (slower, see datapath.md).
@@ -108,4 +112,9 @@ export async function loopsBackedUnder(dir: string): Promise<LoopDevice[]> {
 /** The loop device attached to exactly `file`, if any. */
 export async function loopForFile(file: string): Promise<LoopDevice | undefined> {
   return (await listLoops()).find((l) => l.backingFile === file);
+}
+
+/** Every loop device on `file` (normally at most one). */
+export async function loopsForFile(file: string): Promise<LoopDevice[]> {
+  return (await listLoops()).filter((l) => l.backingFile === file);
 }
