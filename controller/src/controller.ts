@@ -49,14 +49,25 @@ export interface RunningController {
   readonly loops: ReadonlyArray<{ readonly name: string; readonly idle: boolean }>;
 }
 
-/** Whether the API server serves our own group (the loopsnap.dev CRDs are installed). */
-async function servesLoopsnapApi(r: KubeRest): Promise<boolean> {
-  try {
-    await r.get('/apis/loopsnap.dev/v1alpha1');
-    return true;
-  } catch (err) {
-    if (isNotFound(err)) return false;
-    throw err;
+/**
+ * Whether the API server serves our own group (the loopsnap.dev CRDs are installed). Other answers (an API
+ * server still starting says 503, or cannot be reached) are retried for up to `retryMs`.
+ */
+export async function servesLoopsnapApi(
+  r: Pick<KubeRest, 'get'>,
+  retryMs: number,
+  stopped: () => boolean,
+): Promise<boolean> {
+  const deadline = Date.now() + retryMs;
+  for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
+    try {
+      await r.get('/apis/loopsnap.dev/v1alpha1');
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      if (stopped() || Date.now() + delay > deadline) throw err;
+    }
+    await new Promise((res) => setTimeout(res, delay));
   }
 }
 
@@ -88,7 +99,7 @@ export function buildController(opts: ControllerOptions): RunningController {
       }),
     };
     // VolumeRestore / VolumeRefresh (loopsnap.dev), when their CRDs are installed; the rest runs without them.
-    const opInformers: OperationInformers | undefined = (await servesLoopsnapApi(r))
+    const opInformers: OperationInformers | undefined = (await servesLoopsnapApi(r, 60_000, () => stopped))
       ? {
           restores: informer<VolumeOperationObject>(Resources.VolumeRestore),
           refreshes: informer<VolumeOperationObject>(Resources.VolumeRefresh),
@@ -210,7 +221,16 @@ export function buildController(opts: ControllerOptions): RunningController {
             metrics.isLeader.set(1);
             if (stopped) return;
             starting = startControllers(r);
-            await starting;
+            try {
+              await starting;
+            } catch (err) {
+              // A leader whose controllers did not start must not keep the Lease: exit so another replica
+              // (or this one, restarted) takes over.
+              log.error({ err }, 'Failed to start the controllers while leading; giving up leadership');
+              metrics.isLeader.set(0);
+              opts.onLostLeadership?.();
+              throw err;
+            }
           },
           onStoppedLeading: () => {
             metrics.isLeader.set(0);

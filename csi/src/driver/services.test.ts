@@ -13,28 +13,14 @@ import { CsiError } from '../errors.js';
 import { DriverState } from '../state/driver-state.js';
 import { RECORD_VERSION } from '../state/records.js';
 import type { DriverContext } from './context.js';
-import { testDriverContext } from './driver-harness.testing.js';
+import { blockVolumeInput as input, MiB, testDriverContext } from './driver-harness.testing.js';
 import { MemoryBackend } from './memory-backend.testing.js';
 import { MetadataService } from './metadata-service.js';
 import { recoverState } from './recovery.js';
 import { SnapshotService } from './snapshot-service.js';
-import { type CreateVolumeInput, VolumeService } from './volume-service.js';
+import { VolumeService } from './volume-service.js';
 
-const MiB = 1024 * 1024;
-const blockCap = { block: {}, access_mode: { mode: 'SINGLE_NODE_WRITER' as const } };
 const mountCap = { mount: { fs_type: 'ext4' }, access_mode: { mode: 'SINGLE_NODE_WRITER' as const } };
-
-function input(name: string, extra: Partial<CreateVolumeInput> = {}): CreateVolumeInput {
-  return {
-    name,
-    capacityRange: { required_bytes: String(4 * MiB) },
-    capabilities: [blockCap],
-    parameters: {},
-    contentSource: null,
-    accessibility: null,
-    ...extra,
-  };
-}
 
 function code(err: unknown): string {
   return err instanceof CsiError ? err.grpcStatus : `not a CsiError: ${String(err)}`;
