@@ -228,7 +228,6 @@ export class Datapath {
       : (await loopsForFile(this.server.pathOf(nameOrDevice))).map((l) => l.device);
     if (devices.length === 0) return;
     for (const d of devices) await detachLoop(d);
-    const device = devices.join(',');
     // The kernel releases the view file asynchronously after LOOP_CLR_FD (a workqueue, and later still while
     // another opener holds the loop device): wait for the RELEASE, long enough for a loaded machine.
     const name = nameOrDevice.startsWith('/dev/') ? undefined : nameOrDevice;
@@ -239,7 +238,7 @@ export class Datapath {
       if (!warned && Date.now() - start > 2000) {
         warned = true;
         this.log.warn(
-          { view: name, device },
+          { view: name, devices },
           'The kernel has not released the view 2 s after the loop detach; waiting',
         );
       }

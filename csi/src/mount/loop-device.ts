@@ -111,7 +111,7 @@ export async function loopsBackedUnder(dir: string): Promise<LoopDevice[]> {
 
 /** The loop device attached to exactly `file`, if any. */
 export async function loopForFile(file: string): Promise<LoopDevice | undefined> {
-  return (await listLoops()).find((l) => l.backingFile === file);
+  return (await loopsForFile(file))[0];
 }
 
 /** Every loop device on `file` (normally at most one). */
