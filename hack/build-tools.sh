@@ -25,7 +25,7 @@ export GOFLAGS="-mod=mod -buildvcs=false"
 export CGO_ENABLED=0
 mkdir -p "$BIN_DIR" "$GOMODCACHE" "$GOCACHE"
 
-ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kubectl csi-sanity helm kubeconform)
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler crictl csi-sanity helm kubeconform)
 [ "${LOOPSNAP_SKIP_PROMTOOL:-}" = 1 ] || ALL_TOOLS+=(promtool)
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
@@ -38,8 +38,9 @@ go_minor="$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
 module_of() {
   case "$1" in
     etcd) echo etcd ;;
-    kube-apiserver|kube-controller-manager|kubectl) echo k8s ;;
+    kube-apiserver|kube-controller-manager|kubectl|kubelet|kube-scheduler) echo k8s ;;
     csi-sanity) echo csi-sanity ;;
+    crictl) echo cri-tools ;;
     helm|kubeconform|promtool) echo "$1" ;;
     *) die "unknown tool: $1 (known: ${ALL_TOOLS[*]})" ;;
   esac
@@ -48,7 +49,8 @@ module_of() {
 package_of() {
   case "$1" in
     etcd) echo . ;;
-    kube-apiserver|kube-controller-manager|kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
+    kube-apiserver|kube-controller-manager|kubectl|kubelet|kube-scheduler) echo "k8s.io/kubernetes/cmd/$1" ;;
+    crictl) echo sigs.k8s.io/cri-tools/cmd/crictl ;;
     csi-sanity) echo github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
     helm) echo helm.sh/helm/v3/cmd/helm ;;
     kubeconform) echo github.com/yannh/kubeconform/cmd/kubeconform ;;
@@ -59,7 +61,8 @@ package_of() {
 version_of() {
   case "$1" in
     etcd) echo "$ETCD_VERSION" ;;
-    kube-apiserver|kube-controller-manager|kubectl) echo "$K8S_VERSION" ;;
+    kube-apiserver|kube-controller-manager|kubectl|kubelet|kube-scheduler) echo "$K8S_VERSION" ;;
+    crictl) echo "$CRI_TOOLS_VERSION" ;;
     csi-sanity) echo "$CSI_SANITY_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     kubeconform) echo "$KUBECONFORM_VERSION" ;;
@@ -84,7 +87,7 @@ stamp_of() {
 
 ldflags_of() {
   case "$1" in
-    kube-apiserver|kube-controller-manager|kubectl)
+    kube-apiserver|kube-controller-manager|kubectl|kubelet|kube-scheduler)
       local v="$K8S_VERSION" minor
       minor="$(echo "$v" | cut -d. -f2)"
       echo "-s -w -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/component-base/version.gitTreeState=clean"
@@ -93,6 +96,7 @@ ldflags_of() {
       echo "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
       ;;
     kubeconform) echo "-s -w -X main.version=$KUBECONFORM_VERSION" ;;
+    crictl) echo "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${CRI_TOOLS_VERSION#v}" ;;
     promtool)
       # Module tag v0.3MM.P is Prometheus v3.MM.P.
       local p="${PROMETHEUS_VERSION#v0.3}" minor patch
@@ -161,8 +165,9 @@ regen() {
     csi-sanity) regen_csi_sanity ;;
     helm) regen_single helm helm.sh/helm/v3 "$HELM_VERSION" "$(package_of helm)" ;;
     kubeconform) regen_single kubeconform github.com/yannh/kubeconform "$KUBECONFORM_VERSION" "$(package_of kubeconform)" ;;
+    cri-tools) regen_single cri-tools sigs.k8s.io/cri-tools "$CRI_TOOLS_VERSION" "$(package_of crictl)" ;;
     promtool) regen_single promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" "$(package_of promtool)" ;;
-    *) die "unknown wrapper module: $1 (known: k8s etcd csi-sanity helm kubeconform promtool)" ;;
+    *) die "unknown wrapper module: $1 (known: k8s etcd csi-sanity helm kubeconform promtool cri-tools)" ;;
   esac
 }
 

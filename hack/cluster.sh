@@ -49,54 +49,26 @@ $(tail -n 15 "$LOGS/$what.log" 2>/dev/null)"
   done
 }
 
+# shellcheck source=lib/pki.sh
+source "$ROOT/hack/lib/pki.sh"
+
 gen_pki() {
-  mkdir -p "$PKI"
-  [ -f "$PKI/ca.crt" ] && [ -f "$PKI/admin.crt" ] && [ -f "$PKI/sa.key" ] && return 0
-  log "generating certificates in $PKI"
-  local o="$PKI"
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=loopsnap-local-ca" \
-    -keyout "$o/ca.key" -out "$o/ca.crt" 2>/dev/null
-  issue() { # name subject extensions
-    openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$o/$1.key" -out "$o/$1.csr" 2>/dev/null
-    openssl x509 -req -in "$o/$1.csr" -CA "$o/ca.crt" -CAkey "$o/ca.key" -CAcreateserial -days 3650 \
-      -extfile <(printf '%s\n' "$3") -out "$o/$1.crt" 2>/dev/null
-    rm -f "$o/$1.csr"
-  }
-  issue apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+  [ -f "$PKI/ca.crt" ] && [ -f "$PKI/admin.crt" ] && [ -f "$PKI/sa.key" ] || log "generating certificates in $PKI"
+  pki_ca
+  pki_issue apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
 extendedKeyUsage=serverAuth"
-  issue admin "/CN=loopsnap-admin/O=system:masters" "extendedKeyUsage=clientAuth"
-  issue kcm "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
-  issue apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client/O=system:masters" "extendedKeyUsage=clientAuth"
-  openssl genrsa -out "$o/sa.key" 2048 2>/dev/null
-  openssl rsa -in "$o/sa.key" -pubout -out "$o/sa.pub" 2>/dev/null
-  chmod 600 "$o"/*.key
+  pki_issue admin "/CN=loopsnap-admin/O=system:masters" "extendedKeyUsage=clientAuth"
+  pki_issue kcm "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+  pki_issue apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client/O=system:masters" "extendedKeyUsage=clientAuth"
+  if [ ! -f "$PKI/sa.key" ]; then
+    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+    chmod 600 "$PKI/sa.key"
+  fi
 }
 
 write_kubeconfig() { # file user-cert-name
-  local ca crt key
-  ca="$(base64 -w0 < "$PKI/ca.crt")"; crt="$(base64 -w0 < "$PKI/$2.crt")"; key="$(base64 -w0 < "$PKI/$2.key")"
-  umask 077
-  cat > "$1.tmp" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: loopsnap-local
-  cluster:
-    server: https://127.0.0.1:$P_API
-    certificate-authority-data: $ca
-users:
-- name: $2
-  user:
-    client-certificate-data: $crt
-    client-key-data: $key
-contexts:
-- name: loopsnap-local
-  context:
-    cluster: loopsnap-local
-    user: $2
-current-context: loopsnap-local
-EOF
-  mv -f "$1.tmp" "$1"
+  pki_kubeconfig "$1" "$2" "https://127.0.0.1:$P_API"
 }
 
 # Starts a component in its own session so that it outlives this script; its PID goes to run/<name>.pid.
@@ -130,6 +102,7 @@ up_apiserver() {
     --client-ca-file "$PKI/ca.crt" --authorization-mode Node,RBAC \
     --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --service-account-issuer "https://127.0.0.1:$P_API" --service-account-key-file "$PKI/sa.pub" \
     --service-account-signing-key-file "$PKI/sa.key" --api-audiences "https://127.0.0.1:$P_API" \
     --service-cluster-ip-range 10.0.0.0/24 --endpoint-reconciler-type none --allow-privileged=true \
