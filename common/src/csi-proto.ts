@@ -24,8 +24,13 @@ function rootDir(): string {
   return here.includes('/dist/') ? join(here, '..', '..', '..') : join(here, '..', '..');
 }
 
+/** gen/proto/ of the repository (or image): third-party protos copied there by hack/protos.sh. */
+export function generatedProtoDir(): string {
+  return join(rootDir(), 'gen', 'proto');
+}
+
 export function defaultCsiProtoPath(): string {
-  return join(rootDir(), 'gen', 'proto', 'csi.proto');
+  return join(generatedProtoDir(), 'csi.proto');
 }
 
 let cached: grpc.GrpcObject | undefined;

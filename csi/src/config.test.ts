@@ -72,6 +72,50 @@ describe('parseConfig', () => {
     expect(c).toMatchObject({ tlsCertFile: 'c', tlsKeyFile: 'k', tlsClientCaFile: 'ca' });
   });
 
+  describe('kubelet registration', () => {
+    const sock = '/var/lib/kubelet/plugins_registry/csi.loopsnap.dev-reg.sock';
+    const path = '/var/lib/kubelet/plugins/csi.loopsnap.dev/csi.sock';
+
+    it('8-7 off by default; both flags together turn it on', () => {
+      expect(parseConfig(base)).toMatchObject({ kubeletRegistrationSocket: '', kubeletRegistrationPath: '' });
+      const c = parseConfig([...base, `--kubelet-registration-socket=${sock}`, '--kubelet-registration-path', path]);
+      expect(c).toMatchObject({ kubeletRegistrationSocket: sock, kubeletRegistrationPath: path });
+    });
+
+    it.each([
+      ['8-8a socket without path', [`--kubelet-registration-socket=${sock}`], /needs --kubelet-registration-path/],
+      ['8-8b path without socket', [`--kubelet-registration-path=${path}`], /needs --kubelet-registration-socket/],
+      [
+        '8-8c relative socket',
+        ['--kubelet-registration-socket=reg.sock', `--kubelet-registration-path=${path}`],
+        /--kubelet-registration-socket must be an absolute path/,
+      ],
+      [
+        '8-8d path as a URL',
+        [`--kubelet-registration-socket=${sock}`, `--kubelet-registration-path=unix://${path}`],
+        /--kubelet-registration-path must be an absolute path \(no unix:\/\/ prefix\)/,
+      ],
+      [
+        '8-8e socket path too long',
+        [`--kubelet-registration-socket=/${'x'.repeat(107)}`, `--kubelet-registration-path=${path}`],
+        /is 108 bytes long; unix socket paths are limited to 107/,
+      ],
+      [
+        '8-8f hidden file name',
+        ['--kubelet-registration-socket=/r/.reg.sock', `--kubelet-registration-path=${path}`],
+        /must not name a file starting with "\."/,
+      ],
+      [
+        '8-8g same socket as --endpoint',
+        ['--kubelet-registration-socket=/run/loopsnap/csi.sock', `--kubelet-registration-path=${path}`],
+        /must differ from --endpoint's socket/,
+      ],
+    ])('%s', (_n, argv, message) => {
+      expect(() => parseConfig([...base, ...argv])).toThrow(ConfigError);
+      expect(() => parseConfig([...base, ...argv])).toThrow(message);
+    });
+  });
+
   it('8-5 help lists every flag with its default', () => {
     const h = helpText();
     for (const name of Object.keys(FLAGS)) expect(h).toContain(`--${name}`);

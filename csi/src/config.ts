@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Node plugin flags -> one frozen, validated Config. Pure: main.ts hands in argv; nothing here reads the
 // environment. Flags are `--name=value` or `--name value`; booleans also as bare `--name`.
+import { basename } from 'node:path';
 import { DEFAULT_NODE_LEASE_DURATION_SECONDS, DEFAULT_REGISTRY_NAMESPACE } from '../../common/src/node-lease-format.js';
 
 export interface Config {
@@ -33,6 +34,8 @@ export interface Config {
   readonly registryNamespace: string;
   readonly nodeLeaseDurationSeconds: number;
   readonly shutdownGraceSeconds: number;
+  readonly kubeletRegistrationSocket: string;
+  readonly kubeletRegistrationPath: string;
 }
 
 type Kind = 'string' | 'int' | 'bool';
@@ -181,6 +184,18 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     def: 10,
     help: 'on SIGTERM, seconds to let calls in flight finish',
   },
+  'kubelet-registration-socket': {
+    key: 'kubeletRegistrationSocket',
+    kind: 'string',
+    def: '',
+    help: "unix socket path in the kubelet's plugins_registry/ to serve the kubelet plugin-registration API on (e.g. /var/lib/kubelet/plugins_registry/csi.loopsnap.dev-reg.sock); empty = off (node-driver-registrar registers instead)",
+  },
+  'kubelet-registration-path': {
+    key: 'kubeletRegistrationPath',
+    kind: 'string',
+    def: '',
+    help: "path of --endpoint's socket as the kubelet sees it on the host (e.g. /var/lib/kubelet/plugins/csi.loopsnap.dev/csi.sock); required with --kubelet-registration-socket",
+  },
 };
 
 export class ConfigError extends Error {}
@@ -271,6 +286,45 @@ function validate(c: Config): void {
   }
   if ((c.kubeconfig !== '' || c.inCluster) && c.tcpEndpoint === '' && c.advertiseEndpoint === '') {
     throw new ConfigError('the node registry (--kubeconfig/--in-cluster) needs --tcp-endpoint or --advertise-endpoint');
+  }
+  validateKubeletRegistration(c);
+}
+
+// sun_path holds 108 bytes with the terminating NUL.
+const UNIX_SOCKET_PATH_MAX_BYTES = 107;
+
+function validateKubeletRegistration(c: Config): void {
+  const sock = c.kubeletRegistrationSocket;
+  const path = c.kubeletRegistrationPath;
+  if (sock === '') {
+    if (path !== '') throw new ConfigError('--kubelet-registration-path needs --kubelet-registration-socket');
+    return;
+  }
+  if (!sock.startsWith('/')) {
+    throw new ConfigError(`--kubelet-registration-socket must be an absolute path, got ${JSON.stringify(sock)}`);
+  }
+  if (Buffer.byteLength(sock) > UNIX_SOCKET_PATH_MAX_BYTES) {
+    throw new ConfigError(
+      `--kubelet-registration-socket is ${Buffer.byteLength(sock)} bytes long; unix socket paths are limited to ${UNIX_SOCKET_PATH_MAX_BYTES}`,
+    );
+  }
+  if (basename(sock).startsWith('.')) {
+    throw new ConfigError(
+      '--kubelet-registration-socket must not name a file starting with "." (the kubelet ignores those)',
+    );
+  }
+  if (sock === socketPath(c)) {
+    throw new ConfigError("--kubelet-registration-socket must differ from --endpoint's socket");
+  }
+  if (path === '') {
+    throw new ConfigError(
+      "--kubelet-registration-socket needs --kubelet-registration-path (the CSI socket's path as the kubelet sees it)",
+    );
+  }
+  if (!path.startsWith('/')) {
+    throw new ConfigError(
+      `--kubelet-registration-path must be an absolute path (no unix:// prefix), got ${JSON.stringify(path)}`,
+    );
   }
 }
 

@@ -4,12 +4,14 @@
 //   predecessor, FUSE mount, engine volumes); reconcile state after a crash; serve gRPC on the unix socket
 //   (all CSI services) and on TCP with mutual TLS (Identity, Controller, SnapshotMetadata, loopsnap.v1.NodeAgent:
 //   in-place restore and refresh, resumed here before serving); serve metrics;
-//   register in the node registry Lease when Kubernetes access is configured.
-//   stop (SIGTERM/SIGINT): refuse new calls, let calls in flight finish (--shutdown-grace-seconds), release
-//   the Lease, unpublish/unstage what is still staged (pods lose their volumes with the plugin anyway; this
-//   way no loop device outlives it), close the engine volumes (flush + checkpoint) and unmount FUSE.
+//   register in the node registry Lease when Kubernetes access is configured; once serving, serve the kubelet
+//   plugin registration (--kubelet-registration-socket) so that the kubelet finds the CSI socket.
+//   stop (SIGTERM/SIGINT): remove the kubelet registration socket (the kubelet deregisters the driver), refuse
+//   new calls, let calls in flight finish (--shutdown-grace-seconds), release the Lease, unpublish/unstage
+//   what is still staged (pods lose their volumes with the plugin anyway; this way no loop device outlives
+//   it), close the engine volumes (flush + checkpoint) and unmount FUSE.
 // Exit codes: 0 after a clean stop, 1 when start-up fails, 2 for bad flags (one-line reason on stderr).
-import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import type { Server as HttpServer } from 'node:http';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,8 +33,10 @@ import { VolumeService } from './driver/volume-service.js';
 import { agentService } from './grpc/agent-server.js';
 import { buildNodeServer, buildRemoteServer, listen, type ServerDeps, shutdown } from './grpc/server.js';
 import { mutualTlsCredentials } from './grpc/tls.js';
+import { removeStaleSocket } from './grpc/unix-socket.js';
 import { DriverState } from './state/driver-state.js';
-import { CsiMetrics, startHttpEndpoint } from './metrics.js';
+import { KubeletRegistration } from './kubelet-registration/registration.js';
+import { CsiMetrics, KubeletRegistrationMetrics, startHttpEndpoint } from './metrics.js';
 import { type NodeLeaseHandle, startNodeLease } from './registry/node-lease.js';
 
 async function packageVersion(): Promise<string> {
@@ -45,13 +49,6 @@ async function packageVersion(): Promise<string> {
   }
 }
 
-async function removeStaleSocket(path: string): Promise<void> {
-  const s = await stat(path).catch(() => undefined);
-  if (!s) return;
-  if (!s.isSocket()) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
-  await rm(path, { force: true });
-}
-
 interface Running {
   readonly config: Config;
   node?: NodeService;
@@ -62,6 +59,7 @@ interface Running {
   http?: HttpServer;
   lease?: NodeLeaseHandle;
   agent?: NodeAgent;
+  kubeletRegistration?: KubeletRegistration;
 }
 
 async function start(config: Config, log: Logger): Promise<Running> {
@@ -193,6 +191,17 @@ async function start(config: Config, log: Logger): Promise<Running> {
       });
     }
     serving = true;
+    if (config.kubeletRegistrationSocket !== '') {
+      // After `serving`: the kubelet calls NodeGetInfo right after GetInfo and does not retry a failure.
+      await mkdir(dirname(config.kubeletRegistrationSocket), { recursive: true });
+      running.kubeletRegistration = await KubeletRegistration.start({
+        socketPath: config.kubeletRegistrationSocket,
+        driverName: config.driverName,
+        csiEndpoint: config.kubeletRegistrationPath,
+        log,
+        metrics: new KubeletRegistrationMetrics(registry),
+      });
+    }
     log.info(
       { endpoint: config.endpoint, tcpEndpoint: config.tcpEndpoint, tcpPort, nodeId: config.nodeId, version },
       'Started node plugin',
@@ -205,6 +214,9 @@ async function start(config: Config, log: Logger): Promise<Running> {
 }
 
 async function stop(r: Running): Promise<void> {
+  await r.kubeletRegistration
+    ?.stop()
+    .catch((err: unknown) => r.log.warn({ err }, 'Failed to remove the kubelet registration socket'));
   r.setServing(false);
   const graceMs = r.config.shutdownGraceSeconds * 1000;
   await Promise.all(r.servers.map((s) => shutdown(s, graceMs)));

@@ -64,6 +64,36 @@ export class CsiMetrics {
   }
 }
 
+/**
+ * Kubelet plugin registration (--kubelet-registration-socket), registered only when the node plugin serves it:
+ * without it the kubelet never reports, and a 0 would read as a failure.
+ */
+export class KubeletRegistrationMetrics {
+  /** 1 after the kubelet reported the plugin registered; 0 before its first report and after a failed one. */
+  readonly registered: Gauge;
+  /** Registrations the kubelet reported as failed. */
+  readonly failures: Counter;
+
+  constructor(registry: Registry) {
+    this.registered = new Gauge({
+      name: 'loopsnap_kubelet_registration_registered',
+      help: 'Whether the kubelet reported the plugin registered (1) or not yet, or failed (0)',
+      registers: [registry],
+    });
+    this.failures = new Counter({
+      name: 'loopsnap_kubelet_registration_failures_total',
+      help: 'Plugin registrations the kubelet reported as failed',
+      registers: [registry],
+    });
+  }
+
+  /** Records one NotifyRegistrationStatus of the kubelet. */
+  observe(registered: boolean): void {
+    this.registered.set(registered ? 1 : 0);
+    if (!registered) this.failures.inc();
+  }
+}
+
 function registerEngineGauges(registry: Registry, sources: MetricsSources): void {
   const perVolume = (name: string, help: string, pick: (s: VolumeGaugeSample) => number): Gauge<'volume_id'> =>
     new Gauge({
