@@ -35,6 +35,7 @@ import { buildNodeServer, buildRemoteServer, listen, type ServerDeps, shutdown }
 import { mutualTlsCredentials } from './grpc/tls.js';
 import { removeStaleSocket } from './grpc/unix-socket.js';
 import { DriverState } from './state/driver-state.js';
+import { registrationService } from './kubelet-registration/proto.js';
 import { KubeletRegistration } from './kubelet-registration/registration.js';
 import { CsiMetrics, KubeletRegistrationMetrics, startHttpEndpoint } from './metrics.js';
 import { type NodeLeaseHandle, startNodeLease } from './registry/node-lease.js';
@@ -63,6 +64,8 @@ interface Running {
 }
 
 async function start(config: Config, log: Logger): Promise<Running> {
+  // A missing gen/proto copy fails here, before anything on the node is touched.
+  if (config.kubeletRegistrationSocket !== '') registrationService();
   const version = await packageVersion();
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
