@@ -27,7 +27,9 @@ import { MATRIX } from './lib/matrix.js';
 type Container = {
   name: string;
   image: string;
+  imagePullPolicy?: string;
   args?: string[];
+  env?: Array<{ name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } }>;
   command?: string[];
   securityContext?: Record<string, unknown>;
   volumeMounts?: Array<{ name: string; mountPath: string; mountPropagation?: string }>;
@@ -37,6 +39,7 @@ type PodSpec = {
   serviceAccountName: string;
   volumes: Array<{ name: string; hostPath?: { path: string }; secret?: { secretName: string } }>;
   hostNetwork?: boolean;
+  dnsPolicy?: string;
   priorityClassName?: string;
 };
 
@@ -48,6 +51,15 @@ function container(o: K8sObject, name: string): Container {
   const c = podSpec(o).containers.find((x) => x.name === name);
   if (!c) throw new Error(`no container ${name} in ${o.kind} ${o.metadata.name}`);
   return c;
+}
+
+function env(c: Container, name: string): string | undefined {
+  const e = c.env?.find((x) => x.name === name);
+  return e === undefined ? undefined : (e.value ?? `fieldRef:${e.valueFrom?.fieldRef?.fieldPath ?? ''}`);
+}
+
+function hostPathOf(o: K8sObject, volume: string): string | undefined {
+  return podSpec(o).volumes.find((v) => v.name === volume)?.hostPath?.path;
 }
 
 function flag(c: Container, name: string): string | undefined {
@@ -121,7 +133,7 @@ describe('what the defaults install', () => {
     expect((pdb.spec as { minAvailable: number }).minAvailable).toBe(1);
   });
 
-  it('runs a privileged node plugin with host mounts and the node-driver-registrar', () => {
+  it('runs a privileged node plugin with host mounts that registers itself with the kubelet', () => {
     const ds = only(objects, 'DaemonSet');
     const plugin = container(ds, 'node-plugin');
     expect(plugin.command).toEqual(['loopsnap-node']);
@@ -136,6 +148,7 @@ describe('what the defaults install', () => {
       '/var/lib/loopsnap': 'Bidirectional',
       '/var/lib/kubelet/pods': 'Bidirectional',
       '/var/lib/kubelet/plugins': 'Bidirectional',
+      '/var/lib/kubelet/plugins_registry': '',
     });
     const hostPaths = podSpec(ds)
       .volumes.map((v) => v.hostPath?.path)
@@ -150,9 +163,11 @@ describe('what the defaults install', () => {
         '/var/lib/loopsnap',
       ].sort(),
     );
-    const reg = container(ds, 'node-driver-registrar');
-    expect(reg.image).toBe('registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.17.0');
-    expect(flag(reg, 'kubelet-registration-path')).toBe('/var/lib/kubelet/plugins/csi.loopsnap.dev/csi.sock');
+    expect(podSpec(ds).containers.map((c) => c.name)).toEqual(['node-plugin']);
+    expect(flag(plugin, 'kubelet-registration-socket')).toBe(
+      '/var/lib/kubelet/plugins_registry/csi.loopsnap.dev-reg.sock',
+    );
+    expect(flag(plugin, 'kubelet-registration-path')).toBe('/var/lib/kubelet/plugins/csi.loopsnap.dev/csi.sock');
     expect(podSpec(ds).priorityClassName).toBe('system-node-critical');
   });
 
@@ -196,6 +211,134 @@ describe('what the defaults install', () => {
     expect(client.verify(ca.publicKey)).toBe(true);
     expect(server.checkHost('loopsnap-node.loopsnap.svc')).toBe('loopsnap-node.loopsnap.svc');
     expect(server.checkPrivateKey((await import('node:crypto')).createPrivateKey(pem(node, 'tls.key')))).toBe(true);
+  });
+});
+
+describe('registration with the kubelet', () => {
+  /** The host path behind a container path, through the container's hostPath mounts. */
+  const onHost = (o: K8sObject, c: Container, path: string): string | undefined => {
+    const m = (c.volumeMounts ?? [])
+      .filter((x) => path === x.mountPath || path.startsWith(`${x.mountPath}/`))
+      .sort((a, b) => b.mountPath.length - a.mountPath.length)[0];
+    const host = m && hostPathOf(o, m.name);
+    return host === undefined ? undefined : `${host}${path.slice(m!.mountPath.length)}`;
+  };
+
+  it.each([
+    ['the defaults', {}, '/var/lib/kubelet'],
+    ['a k0s kubelet dir (trailing slash)', { node: { kubeletDir: '/var/lib/k0s/kubelet/' } }, '/var/lib/k0s/kubelet'],
+  ])(
+    'with %s the node plugin serves the registration socket the kubelet watches, naming the CSI socket as the kubelet sees it',
+    (_n, values, kubelet) => {
+      const ds = only(render({ values }).objects, 'DaemonSet');
+      const plugin = container(ds, 'node-plugin');
+      const sock = flag(plugin, 'kubelet-registration-socket');
+      expect(sock).toBe(`${kubelet}/plugins_registry/csi.loopsnap.dev-reg.sock`);
+      // Inside the container the socket lies where it lies on the host, in the kubelet's plugins_registry.
+      expect(onHost(ds, plugin, sock!)).toBe(sock);
+      const csiSocket = flag(plugin, 'endpoint')!.replace(/^unix:\/\//, '');
+      expect(flag(plugin, 'kubelet-registration-path')).toBe(`${kubelet}/plugins/csi.loopsnap.dev/csi.sock`);
+      expect(onHost(ds, plugin, csiSocket)).toBe(flag(plugin, 'kubelet-registration-path'));
+      // Every kubelet path derives from node.kubeletDir.
+      const kubeletPaths = podSpec(ds)
+        .volumes.map((v) => v.hostPath?.path ?? '')
+        .filter((p) => p.includes('kubelet'));
+      expect(kubeletPaths.length).toBe(4);
+      for (const p of kubeletPaths) expect(p.startsWith(`${kubelet}/`), p).toBe(true);
+      if (kubelet !== '/var/lib/kubelet') expect(JSON.stringify(ds)).not.toContain('/var/lib/kubelet/');
+    },
+  );
+
+  it('node.registrar.enabled runs node-driver-registrar instead, and the node plugin does not register too', () => {
+    const ds = only(render({ values: { node: { registrar: { enabled: true } } } }).objects, 'DaemonSet');
+    expect(podSpec(ds).containers.map((c) => c.name)).toEqual(['node-plugin', 'node-driver-registrar']);
+    const reg = container(ds, 'node-driver-registrar');
+    expect(reg.image).toBe('registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.17.0');
+    expect(flag(reg, 'csi-address')).toBe('/csi/csi.sock');
+    expect(flag(reg, 'kubelet-registration-path')).toBe('/var/lib/kubelet/plugins/csi.loopsnap.dev/csi.sock');
+    expect(flag(reg, 'http-endpoint')).toBe(':9809');
+    expect(onHost(ds, reg, '/registration')).toBe('/var/lib/kubelet/plugins_registry');
+    const plugin = container(ds, 'node-plugin');
+    expect(flag(plugin, 'kubelet-registration-socket')).toBeUndefined();
+    expect(flag(plugin, 'kubelet-registration-path')).toBeUndefined();
+    expect((plugin.volumeMounts ?? []).map((m) => m.name)).not.toContain('registration-dir');
+  });
+});
+
+describe('nodes without kube-proxy or a pod network', () => {
+  const components = (values: Record<string, unknown>): { plugin: Container; ctl: Container; objects: K8sObject[] } => {
+    const { objects } = render({ values });
+    return {
+      objects,
+      plugin: container(only(objects, 'DaemonSet'), 'node-plugin'),
+      ctl: container(only(objects, 'Deployment'), 'controller'),
+    };
+  };
+
+  it('apiServer.host/port give both components KUBERNETES_SERVICE_HOST/PORT; unset, neither has them', () => {
+    const set = components({ apiServer: { host: '127.0.0.1', port: 6443 } });
+    for (const c of [set.plugin, set.ctl]) {
+      expect(env(c, 'KUBERNETES_SERVICE_HOST'), c.name).toBe('127.0.0.1');
+      expect(env(c, 'KUBERNETES_SERVICE_PORT'), c.name).toBe('6443');
+    }
+    const unset = components({});
+    for (const c of [unset.plugin, unset.ctl]) {
+      expect(
+        c.env?.map((e) => e.name).filter((n) => n.startsWith('KUBERNETES_')),
+        c.name,
+      ).toEqual([]);
+    }
+  });
+
+  it('on the host network the node plugin binds its TCP ports to the pod IP (the node IP), never 0.0.0.0', () => {
+    const { objects, plugin } = components({ node: { hostNetwork: true, registrar: { enabled: true } } });
+    const ds = only(objects, 'DaemonSet');
+    expect(podSpec(ds)).toMatchObject({ hostNetwork: true, dnsPolicy: 'ClusterFirstWithHostNet' });
+    expect(flag(plugin, 'tcp-endpoint')).toBe('$(POD_IP):9820');
+    expect(flag(plugin, 'http-endpoint')).toBe('$(POD_IP):9821');
+    expect(env(plugin, 'POD_IP')).toBe('fieldRef:status.podIP');
+    const reg = container(ds, 'node-driver-registrar');
+    expect(flag(reg, 'http-endpoint')).toBe('$(POD_IP):9809');
+    expect(env(reg, 'POD_IP')).toBe('fieldRef:status.podIP');
+    for (const c of podSpec(ds).containers) {
+      for (const a of c.args ?? []) expect(a, `${c.name} ${a}`).not.toMatch(/=(0\.0\.0\.0)?:\d+$/);
+    }
+  });
+
+  it('in its own network namespace the node plugin binds every interface, as before', () => {
+    const { objects, plugin } = components({});
+    expect(podSpec(only(objects, 'DaemonSet')).hostNetwork).toBe(false);
+    expect(flag(plugin, 'tcp-endpoint')).toBe('0.0.0.0:9820');
+    expect(flag(plugin, 'http-endpoint')).toBe('0.0.0.0:9821');
+  });
+
+  it('controller.hostNetwork binds the metrics endpoint to the pod IP; off, to every interface', () => {
+    const on = components({ controller: { hostNetwork: true } });
+    const d = only(on.objects, 'Deployment');
+    expect(podSpec(d)).toMatchObject({ hostNetwork: true, dnsPolicy: 'ClusterFirstWithHostNet' });
+    expect(flag(on.ctl, 'http-endpoint')).toBe('$(POD_IP):9810');
+    expect(env(on.ctl, 'POD_IP')).toBe('fieldRef:status.podIP');
+    const off = components({});
+    expect(podSpec(only(off.objects, 'Deployment')).hostNetwork).toBeUndefined();
+    expect(flag(off.ctl, 'http-endpoint')).toBe(':9810');
+    expect(env(off.ctl, 'POD_IP')).toBeUndefined();
+  });
+
+  it('controller.updateStrategy replaces the rolling update of the defaults', () => {
+    const strategy = (values: Record<string, unknown>): unknown =>
+      (only(render({ values }).objects, 'Deployment').spec as { strategy: unknown }).strategy;
+    expect(strategy({})).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1, maxSurge: 1 } });
+    expect(strategy({ controller: { replicas: 1, podDisruptionBudget: { enabled: false } } })).toEqual({
+      type: 'RollingUpdate',
+      rollingUpdate: { maxUnavailable: 0, maxSurge: 1 },
+    });
+    expect(strategy({ controller: { updateStrategy: { type: 'Recreate' } } })).toEqual({ type: 'Recreate' });
+  });
+
+  it('image.pullPolicy reaches both components', () => {
+    const { plugin, ctl } = components({ image: { pullPolicy: 'Never' } });
+    expect(plugin.imagePullPolicy).toBe('Never');
+    expect(ctl.imagePullPolicy).toBe('Never');
   });
 });
 
@@ -371,6 +514,33 @@ describe('bad values fail at install time with a reason', () => {
       name: 'a ServiceMonitor without metrics Services',
       args: ['--set', 'metrics.serviceMonitor.enabled=true', '--set', 'metrics.service.enabled=false'],
       reason: /needs metrics.service.enabled/,
+    },
+    {
+      name: 'an unknown registrar field',
+      args: ['--set', 'node.registrar.enable=true'],
+      reason: /additional properties 'enable'/,
+    },
+    { name: 'a bad pull policy', args: ['--set', 'image.pullPolicy=Sometimes'], reason: /image\/pullPolicy/ },
+    {
+      name: 'an API server host without a port',
+      args: ['--set', 'apiServer.host=127.0.0.1'],
+      reason: /apiServer.host needs apiServer.port/,
+    },
+    {
+      name: 'an API server port without a host',
+      args: ['--set', 'apiServer.port=6443'],
+      reason: /apiServer.port needs apiServer.host/,
+    },
+    { name: 'an API server port out of range', args: ['--set', 'apiServer.port=70000'], reason: /apiServer\/port/ },
+    {
+      name: 'a Recreate strategy with rolling-update parameters',
+      args: [
+        '--set',
+        'controller.updateStrategy.type=Recreate',
+        '--set',
+        'controller.updateStrategy.rollingUpdate.maxSurge=1',
+      ],
+      reason: /controller.updateStrategy.rollingUpdate goes only with type RollingUpdate, not Recreate/,
     },
     {
       name: 'an existing ServiceAccount without a name',

@@ -93,6 +93,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s/plugins/%s" (trimSuffix "/" .Values.node.kubeletDir) .Values.driverName }}
 {{- end }}
 
+{{/* The registration socket the kubelet's plugin watcher finds in <kubeletDir>/plugins_registry/. */}}
+{{- define "loopsnap.registrationSocket" -}}
+{{- printf "%s/plugins_registry/%s-reg.sock" (trimSuffix "/" .Values.node.kubeletDir) .Values.driverName }}
+{{- end }}
+
+{{/*
+Env of both components for apiServer.host/port: in-cluster config reads KUBERNETES_SERVICE_HOST/PORT, and an
+explicit env entry wins over the ones the kubelet injects for the kubernetes Service. Renders nothing when
+unset; one without the other is refused.
+*/}}
+{{- define "loopsnap.apiServerEnv" -}}
+{{- $a := .Values.apiServer }}
+{{- if and $a.host (not $a.port) }}
+{{- fail "apiServer.host needs apiServer.port" }}
+{{- end }}
+{{- if and $a.port (not $a.host) }}
+{{- fail "apiServer.port needs apiServer.host" }}
+{{- end }}
+{{- if $a.host -}}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ $a.host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ $a.port | toString | quote }}
+{{- end }}
+{{- end }}
+
 {{/* Secrets with tls.crt, tls.key and ca.crt: the node plugin's server certificate and the controller's client certificate. */}}
 {{- define "loopsnap.tls.nodeSecretName" -}}
 {{- if eq .Values.tls.source "secret" }}

@@ -151,6 +151,9 @@ export async function startLocalTarget(nodes: readonly string[]): Promise<E2eTar
         'tls-client-ca-file': nodeTls.ca,
         'http-endpoint': `127.0.0.1:${await freePort()}`,
         'in-cluster': `--kubeconfig=${nodeKubeconfig}`,
+        // The kubelet stand-in finds the plugins itself; a real kubelet on this machine must not see them.
+        'kubelet-registration-socket': null,
+        'kubelet-registration-path': null,
       });
       plugins.set(node, await PluginProcess.start({ nodeId: node, extraArgs: args }));
     }

@@ -67,6 +67,20 @@ export const MATRIX: readonly MatrixCase[] = [
     },
   },
   {
+    name: 'a node without kube-proxy: host network, API server override',
+    values: {
+      apiServer: { host: '127.0.0.1', port: 6443 },
+      image: { repository: 'loopsnap', tag: 'dev', pullPolicy: 'Never' },
+      controller: {
+        replicas: 1,
+        hostNetwork: true,
+        updateStrategy: { type: 'Recreate' },
+        podDisruptionBudget: { enabled: false },
+      },
+      node: { hostNetwork: true, stateDir: '/var/lib/kubelet/loopsnap' },
+    },
+  },
+  {
     name: 'customised everything',
     values: {
       fullnameOverride: 'snaps',
@@ -118,7 +132,7 @@ export const MATRIX: readonly MatrixCase[] = [
         priorityClassName: '',
         extraArgs: ['--block-size-bytes=4096'],
         updateStrategy: { type: 'OnDelete' },
-        registrar: { image: { tag: 'v2.16.0' }, logVerbosity: 5 },
+        registrar: { enabled: true, image: { tag: 'v2.16.0' }, logVerbosity: 5 },
       },
       csiDriver: { fsGroupPolicy: 'ReadWriteOnceWithFSType', storageCapacity: false, podInfoOnMount: false },
       storageClass: {
