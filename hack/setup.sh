@@ -14,11 +14,15 @@ declare -A NEED=(
   [openssl]=openssl [curl]=curl [ss]=iproute2 [losetup]=util-linux [fsfreeze]=util-linux
   [mkfs.ext4]=e2fsprogs [mkfs.xfs]=xfsprogs [fio]=fio [mountpoint]=util-linux
   [fsck.ext4]=e2fsprogs [xfs_repair]=xfsprogs
+  # The real node (hack/node.sh) and the images built without Docker (hack/image.sh).
+  [containerd]=containerd [ctr]=containerd [runc]=runc [iptables]=iptables
+  [mmdebstrap]=mmdebstrap [umoci]=umoci [skopeo]=skopeo
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
   [ "$(id -u)" = 0 ] || die "missing Debian packages (${pkgs[*]}); run as root or install them"
