@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Node service behaviour csi-sanity does not check: read-only publish, volume stats and the abnormal
-// condition when the data path under a volume is gone, stage/publish conflicts, and offline expansion
-// (ControllerExpandVolume while unstaged, then NodeExpandVolume grows the file system).
+// condition when the data path under a volume is gone, stage/publish conflicts, and expansion of an unstaged
+// volume (ControllerExpandVolume, then NodeStage grows the file system; online expansion: expansion.test.ts).
 import { execFile } from 'node:child_process';
 import { statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -153,13 +153,12 @@ describe('node service (root: loop devices, FUSE, mounts)', () => {
   it.skipIf(!isRoot).each([
     ['ext4', 32 * MiB, 64 * MiB],
     ['xfs', 320 * MiB, 400 * MiB],
-  ])('6-4 offline expansion (%s): refused while staged; re-staging grows the file system', async (fsType, from, to) => {
+  ])('6-4 expansion while unstaged (%s): the next stage grows the file system', async (fsType, from, to) => {
     const p = plugin!;
     const vol = await createVolume(p, `grow-${fsType}`, 'mount', from, {}, fsType);
     let v = await stageAndPublish(p, vol, 'mount', fsType);
     const small = await statfs(v.targetPath);
     const expand = { volume_id: vol, capacity_range: { required_bytes: String(to) } };
-    await expect(call(p.clients.controller, 'ControllerExpandVolume', expand)).rejects.toMatchObject({ code: 9 });
     await unpublishAndUnstage(p, v);
     const r = await call<{ capacity_bytes: string; node_expansion_required: boolean }>(
       p.clients.controller,
@@ -170,11 +169,13 @@ describe('node service (root: loop devices, FUSE, mounts)', () => {
     v = await stageAndPublish(p, vol, 'mount', fsType);
     const grown = await statfs(v.targetPath);
     expect(grown.blocks * grown.bsize - small.blocks * small.bsize).toBeGreaterThan((to - from) * 0.9);
-    // kubelet's NodeExpandVolume after staging finds the file system at full size already.
+    // kubelet's NodeExpandVolume right after the mount finds the file system at full size already.
     const n = await call<{ capacity_bytes: string }>(p.clients.node, 'NodeExpandVolume', {
       volume_id: vol,
       volume_path: v.targetPath,
+      staging_target_path: v.stagingPath,
       capacity_range: { required_bytes: String(to) },
+      volume_capability: capability('mount', 'SINGLE_NODE_WRITER', fsType),
     });
     expect(n.capacity_bytes).toBe(String(to));
     await unpublishAndUnstage(p, v);

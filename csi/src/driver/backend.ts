@@ -98,7 +98,11 @@ export interface VolumeBackend {
   hasVolume(volumeId: string): boolean;
   /** Current size; NOT_FOUND when the volume does not exist. */
   volumeSizeBytes(volumeId: string): number;
-  /** Grows a volume or a thin clone (never shrinks: ENGINE_SHRINK_UNSUPPORTED). */
+  /**
+   * Grows a volume or a thin clone (never shrinks: ENGINE_SHRINK_UNSUPPORTED); while it is attached, its view
+   * and loop device grow with it (features.onlineResize). CSI_ERR_IN_USE while a hydration or an in-place
+   * restore copies a fixed range of it.
+   */
   resizeVolume(volumeId: string, sizeBytes: number): Promise<void>;
 
   /**

@@ -81,7 +81,7 @@ function fileFactory(stateDir: string, log: Logger): VolumeFactory {
 }
 
 export class EngineBackend implements VolumeBackend {
-  readonly features: BackendFeatures = { rwClones: true, cloneImages: true, onlineResize: false };
+  readonly features: BackendFeatures = { rwClones: true, cloneImages: true, onlineResize: true };
   private closed = false;
 
   private constructor(
@@ -178,8 +178,16 @@ export class EngineBackend implements VolumeBackend {
     return this.engine.content(volumeId).sizeBytes;
   }
 
-  resizeVolume(volumeId: string, sizeBytes: number): Promise<void> {
-    return this.engine.resizeVolume(volumeId, sizeBytes);
+  /**
+   * Grows the engine storage first, then, while the volume is attached, its view and loop devices
+   * (Datapath.grow): the kernel never addresses a block the engine does not have. Safe to repeat after a
+   * failure in between (both steps are idempotent).
+   */
+  async resizeVolume(volumeId: string, sizeBytes: number): Promise<void> {
+    await this.engine.resizeVolume(volumeId, sizeBytes);
+    if (!this.datapath.views().includes(volumeId)) return;
+    const { devices } = await this.datapath.grow(volumeId, this.engine.content(volumeId).sizeBytes);
+    this.log.info({ volumeId, sizeBytes, devices: devices.map((d) => d.device) }, 'Grew attached volume online');
   }
 
   // ----- snapshots --------------------------------------------------------------------------------------

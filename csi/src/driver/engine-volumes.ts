@@ -320,13 +320,38 @@ export class EngineVolumes {
     return 'deleted';
   }
 
+  /**
+   * Grows the storage of a CSI volume (never shrinks: ENGINE_SHRINK_UNSUPPORTED); online or not, the engine
+   * does not care. A thin clone grows its RW snapshot (the new blocks read as zeros; its base is untouched).
+   * Refused with CSI_ERR_IN_USE (FAILED_PRECONDITION: retry later) while a background copy works on a fixed
+   * range: a hydration of the volume, an in-place restore of it, or a restore of its base from this thin clone.
+   */
   async resizeVolume(volumeId: string, sizeBytes: number): Promise<void> {
     if (this.hydrations.has(volumeId)) {
       throw new CsiError('CSI_ERR_IN_USE', `volume ${volumeId} is being hydrated; expand it when the copy ended`);
     }
     const r = this.rws.get(volumeId);
-    if (r !== undefined) await this.baseOf(r).resizeRw(r.rwId, sizeBytes);
-    else await this.own(volumeId).resize(sizeBytes);
+    if (r !== undefined) {
+      const base = this.baseOf(r);
+      const rs = base.restoreStatus();
+      if (rs?.source.kind === 'rw' && rs.source.id === r.rwId) {
+        throw new CsiError(
+          'CSI_ERR_IN_USE',
+          `thin clone ${volumeId} is the source of the running in-place restore of volume ${r.baseId} (${rs.doneBytes} of ${rs.totalBytes} bytes copied); expand it when the restore completed`,
+        );
+      }
+      await base.resizeRw(r.rwId, sizeBytes);
+      return;
+    }
+    const v = this.own(volumeId);
+    const rs = v.restoreStatus();
+    if (rs !== null && sizeBytes !== v.sizeBytes) {
+      throw new CsiError(
+        'CSI_ERR_IN_USE',
+        `volume ${volumeId} is being restored in place (${rs.doneBytes} of ${rs.totalBytes} bytes copied); expand it when the restore completed`,
+      );
+    }
+    await v.resize(sizeBytes);
   }
 
   // ----- snapshots --------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ export class MemoryFactory implements VolumeFactory {
 const immediate = <T>(fn: () => Promise<T>) => fn();
 
 export class MemoryBackend implements VolumeBackend {
-  readonly features: BackendFeatures = { rwClones: true, cloneImages: true, onlineResize: false };
+  readonly features: BackendFeatures = { rwClones: true, cloneImages: true, onlineResize: true };
   readonly blockSizeBytes = 4096;
   readonly engine: EngineVolumes;
   private readonly faults = new Set<string>();

@@ -3,6 +3,7 @@
 //   stage     live view + loop device; mount: mkfs when empty + mount on the staging path; block: nothing
 //   publish   mount: bind the staging mount on the target dir; block: bind the loop device on a target file
 //   unpublish unmount the target and remove it; unstage: unmount staging, detach loop, drop the view
+//   expand    online: refresh the loop capacity, grow the mounted file system (ext4 resize2fs, xfs_growfs)
 // Every step is idempotent; the stage/publish state is persisted in the volume record after each change.
 import { readdir, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { CsiError } from '../errors.js';
@@ -14,7 +15,7 @@ import { unmount, unmountAndRemove } from '../mount/mounts.js';
 import { publishBlock, publishFilesystem, stageFilesystem, unpublish } from '../mount/stage.js';
 import type { PublishRecord, StageRecord, VolumeRecord } from '../state/records.js';
 import type { VolumeCondition } from './backend.js';
-import { deviceSizeBytes, growExt4Offline, growOnline } from './fs-grow.js';
+import { deviceSizeBytes, growExt4Offline, growMounted } from './fs-grow.js';
 import { accessModeOf, accessTypeOf, capabilityProblem, isReadOnlyMode, resolveFsType } from './capabilities.js';
 import type { DriverContext } from './context.js';
 import { volumeKey } from './locks.js';
@@ -31,6 +32,16 @@ export interface PublishInput {
   readonly stagingPath: string;
   readonly capability: VolumeCapability;
   readonly readOnly: boolean;
+}
+
+export interface ExpandInput {
+  readonly volumeId: string;
+  /** Where the volume is used: a publish target (kubelet's choice) or the staging path. */
+  readonly volumePath: string;
+  readonly stagingPath?: string | undefined;
+  /** capacity_range.required_bytes; absent or 0: the volume's current size. */
+  readonly requiredBytes?: number | undefined;
+  readonly capability?: VolumeCapability | undefined;
 }
 
 export interface VolumeStats {
@@ -85,7 +96,7 @@ export class NodeService {
             readOnly,
           });
           if (formatted) this.d.log.info({ volumeId: cur.volumeId, device: loop.device, fsType }, 'Formatted volume');
-          else if (!readOnly && fsType === 'xfs') await growOnline('xfs', loop.device, input.stagingPath);
+          else if (!readOnly && fsType === 'xfs') await growMounted('xfs', loop.device, input.stagingPath);
         }
       } catch (err) {
         await this.d.backend.detachVolume(cur.volumeId).catch((e: unknown) => {
@@ -222,27 +233,58 @@ export class NodeService {
     };
   }
 
-  /** Makes the device and file system at `volumePath` use the volume's current size. */
-  async expand(volumeId: string, volumePath: string): Promise<{ capacityBytes: number }> {
-    const rec = this.volume(volumeId);
-    const kind = this.pathKind(rec, volumePath);
-    return this.d.locks.run('NodeExpandVolume', [volumeKey(volumeId)], async () => {
-      const cur = this.volume(volumeId);
-      const s = cur.stage;
-      if (!s) throw new CsiError('CSI_ERR_NOT_STAGED', `volume ${volumeId} is not staged`);
-      await run('losetup', ['--set-capacity', s.device]);
-      const deviceBytes = await deviceSizeBytes(s.device);
-      if (deviceBytes < cur.capacityBytes) {
+  /**
+   * NodeExpandVolume: makes the loop device and the file system at `volumePath` (a publish target, or the
+   * staging path) use the volume's current size, while pods use them. ControllerExpandVolume grew the engine
+   * storage and, for a staged volume, the loop device already; the capacity refresh here repeats that last
+   * step for a device attached while the growth was under way. A raw block volume just reports its device
+   * size. `requiredBytes` (capacity_range.required_bytes) above the volume's size is OUT_OF_RANGE: the
+   * controller side has not grown it that far.
+   */
+  async expand(input: ExpandInput): Promise<{ capacityBytes: number }> {
+    const rec = this.volume(input.volumeId);
+    const kind = this.pathKind(rec, input.volumePath);
+    if (input.capability) {
+      const t = this.checkCapability(rec, input.capability);
+      if (t !== kind) {
         throw new CsiError(
-          'CSI_ERR_IN_USE',
-          `device ${s.device} has ${deviceBytes} bytes, the volume ${cur.capacityBytes}; the data path cannot grow an exposed view yet: unstage and stage the volume again`,
+          'CSI_ERR_CAPABILITY_MISMATCH',
+          `volume ${rec.volumeId} is used for ${kind} access at ${input.volumePath}, not ${t}`,
         );
       }
-      if (kind === 'mount' && !s.readOnly) {
-        // Usually a no-op: stage already grew the file system (ext4 offline, xfs after mounting).
-        await growOnline(s.fsType, s.device, s.stagingPath);
+    }
+    return this.d.locks.run('NodeExpandVolume', [volumeKey(rec.volumeId)], async () => {
+      const cur = this.volume(rec.volumeId);
+      const s = cur.stage;
+      if (!s) throw new CsiError('CSI_ERR_NOT_STAGED', `volume ${cur.volumeId} is not staged`);
+      if (input.stagingPath && input.stagingPath !== s.stagingPath) {
+        throw new CsiError(
+          'CSI_ERR_PATH_NOT_FOUND',
+          `volume ${cur.volumeId} is staged at ${s.stagingPath}, not ${input.stagingPath}`,
+        );
       }
-      this.d.log.info({ volumeId, device: s.device, sizeBytes: deviceBytes }, 'Expanded volume on the node');
+      if ((input.requiredBytes ?? 0) > cur.capacityBytes) {
+        throw new CsiError(
+          'CSI_ERR_CAPACITY',
+          `NodeExpandVolume asks for ${input.requiredBytes} bytes, but volume ${cur.volumeId} has ${cur.capacityBytes}: ControllerExpandVolume grows it first`,
+        );
+      }
+      let deviceBytes = await deviceSizeBytes(s.device);
+      if (deviceBytes < cur.capacityBytes) {
+        await run('losetup', ['--set-capacity', s.device]);
+        deviceBytes = await deviceSizeBytes(s.device);
+      }
+      if (deviceBytes < cur.capacityBytes) {
+        throw new CsiError(
+          'CSI_ERR_INTERNAL',
+          `loop device ${s.device} of volume ${cur.volumeId} has ${deviceBytes} bytes after a capacity refresh, the volume ${cur.capacityBytes}`,
+        );
+      }
+      const grew = kind === 'mount' && !s.readOnly && (await growMounted(s.fsType, s.device, s.stagingPath));
+      this.d.log.info(
+        { volumeId: cur.volumeId, device: s.device, sizeBytes: deviceBytes, fileSystemGrew: grew },
+        'Expanded volume on the node',
+      );
       return { capacityBytes: deviceBytes };
     });
   }

@@ -253,6 +253,35 @@ describe('driver services: thin clones, images, hydration, restore, refresh', ()
     await snapshots.create({ name: 'after', sourceVolumeId: v.volumeId, parameters: {} });
   });
 
+  it('7-7b ControllerExpandVolume waits for background copies over a fixed range; thin clones grow with zeros', async () => {
+    const v = await volumes.create(input('v'));
+    await write(v.volumeId, 0, pattern(1, 4 * MiB));
+    const snap = await snapshots.create({ name: 's', sourceVolumeId: v.volumeId, parameters: {} });
+    const c = await volumes.create(input('c', { contentSource: { kind: 'volume', volumeId: v.volumeId } }));
+    await backend.engine.scheduler.close(); // keep every copy pending
+    const h = await volumes.create(
+      input('h', { contentSource: { kind: 'snapshot', snapshotId: snap.snapshotId }, parameters: { hydrate: 'true' } }),
+    );
+    const grow = (id: string) => volumes.expand(id, { required_bytes: String(6 * MiB) });
+    await rejectsWith(grow(h.volumeId), 'CSI_ERR_IN_USE', /being hydrated/);
+    await restores.startRestore({ volumeId: v.volumeId, source: { volumeId: c.volumeId } });
+    await rejectsWith(grow(v.volumeId), 'CSI_ERR_IN_USE', /being restored in place \(0 of \d+ bytes copied\)/);
+    await rejectsWith(grow(c.volumeId), 'CSI_ERR_IN_USE', /source of the running in-place restore/);
+    expect(d.state.volume(v.volumeId)?.capacityBytes).toBe(4 * MiB);
+    // The copies resume after a restart and finish; then every one of them grows.
+    await backend.close();
+    await boot();
+    await recoverState(d, backend.engine.storedVolumeIds());
+    await until('the restore', () => !restores.progress(v.volumeId).running);
+    await until('the hydration', () => d.state.volume(h.volumeId)?.origin.kind === 'copy');
+    for (const id of [v.volumeId, c.volumeId, h.volumeId]) {
+      expect(await grow(id)).toEqual({ capacityBytes: 6 * MiB, nodeExpansion: false });
+      expect(backend.volumeSizeBytes(id)).toBe(6 * MiB);
+      expect(same(await read(id, 0, 4 * MiB), pattern(1, 4 * MiB))).toBe(true);
+      expect(same(await read(id, 4 * MiB, 2 * MiB), new Uint8Array(2 * MiB))).toBe(true);
+    }
+  });
+
   it('7-8 restore from a thin clone of the volume; refusals name what is wrong', async () => {
     const v = await volumes.create(input('v'));
     const other = await volumes.create(input('o'));

@@ -396,15 +396,22 @@ describe('driver services', () => {
 
   it('6-9 ControllerExpandVolume grows, keeps larger sizes and refuses shrinking below via OUT_OF_RANGE limits', async () => {
     const a = await volumes.create(input('a'));
+    // Raw block: this call grows the device itself, no NodeExpandVolume needed.
     expect(await volumes.expand(a.volumeId, { required_bytes: String(6 * MiB) })).toEqual({
       capacityBytes: 6 * MiB,
-      nodeExpansion: true,
+      nodeExpansion: false,
     });
     expect(backend.volumeSizeBytes(a.volumeId)).toBe(6 * MiB);
+    expect(d.state.volume(a.volumeId)?.capacityBytes).toBe(6 * MiB);
     expect(await volumes.expand(a.volumeId, { required_bytes: String(2 * MiB) })).toEqual({
       capacityBytes: 6 * MiB,
       nodeExpansion: false,
     });
+    // A file system volume needs the node step, also when a retry finds it grown already.
+    const f = await volumes.create(input('f', { capabilities: [mountCap] }));
+    const grown = { capacityBytes: 6 * MiB + 4096, nodeExpansion: true };
+    expect(await volumes.expand(f.volumeId, { required_bytes: String(6 * MiB + 1) })).toEqual(grown);
+    expect(await volumes.expand(f.volumeId, { required_bytes: String(6 * MiB + 1) })).toEqual(grown);
     await rejectsWith(volumes.expand(a.volumeId, { required_bytes: String(128 * MiB) }), 'OUT_OF_RANGE');
     await rejectsWith(volumes.expand('vol-00000000000000000000000000000000', { required_bytes: '1' }), 'NOT_FOUND');
   });

@@ -131,24 +131,35 @@ export class VolumeService {
     });
   }
 
-  /** Grows a volume to satisfy `range`; returns the new size. A smaller request returns the current size. */
+  /**
+   * ControllerExpandVolume: grows a volume to satisfy `range`, online while it is staged (the backend grows
+   * its view and loop device with the engine storage, features.onlineResize). A request at or below the
+   * current size changes nothing and answers the current size. `nodeExpansion` (node_expansion_required):
+   * a file system may sit on the volume and must be grown by NodeExpandVolume; false for raw block use,
+   * whose device this call has grown already (the same answer on a repeated call, so a CO that retries after
+   * a crash still finishes on the node).
+   */
   async expand(volumeId: string, range: CapacityRange): Promise<{ capacityBytes: number; nodeExpansion: boolean }> {
     const rec = this.get(volumeId);
     const policy = { ...this.d.options.capacity, defaultBytes: rec.capacityBytes };
     const wanted = resolveCapacity(range, policy);
-    if (wanted <= rec.capacityBytes) return { capacityBytes: rec.capacityBytes, nodeExpansion: false };
+    const nodeExpansion = rec.accessTypes.includes('mount');
+    if (wanted <= rec.capacityBytes) return { capacityBytes: rec.capacityBytes, nodeExpansion };
     return this.d.locks.run('ControllerExpandVolume', [volumeKey(volumeId)], async () => {
       const cur = this.get(volumeId);
       if (cur.stage && !this.d.backend.features.onlineResize) {
         throw new CsiError(
           'CSI_ERR_IN_USE',
-          `volume ${volumeId} is staged at ${cur.stage.stagingPath}; this driver expands volumes offline only`,
+          `volume ${volumeId} is staged at ${cur.stage.stagingPath}; this backend expands volumes offline only`,
         );
       }
       await this.d.backend.resizeVolume(volumeId, wanted);
       await this.d.state.putVolume({ ...cur, capacityBytes: wanted });
-      this.d.log.info({ volumeId, sizeBytes: wanted }, 'Expanded volume');
-      return { capacityBytes: wanted, nodeExpansion: true };
+      this.d.log.info(
+        { volumeId, sizeBytes: wanted, online: cur.stage !== null, nodeExpansionRequired: nodeExpansion },
+        'Expanded volume',
+      );
+      return { capacityBytes: wanted, nodeExpansion };
     });
   }
 

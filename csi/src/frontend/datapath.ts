@@ -5,6 +5,7 @@
 //   start(stateDir)           clean up what a dead predecessor left (cleanupStale), mount FUSE, start workers
 //   exposeLive / exposeSnapshot / exposeRw / exposeFile   -> <stateDir>/fuse/<name>
 //   attach(name)              loop device (direct I/O, discard) on a view
+//   grow(name, sizeBytes)     online growth: workers, the kernel's FUSE inode, the loop devices' capacity
 //   cut(mountpoint?, fn)      fsfreeze -f, fn() (the engine's snapshot creation, which quiesces the fast
 //                             path itself), fsfreeze -u -- thaw guaranteed
 //   detach / unexpose / stop
@@ -12,13 +13,14 @@
 // Views of one volume share a RangeLock (see range-lock.ts): snapshot and RW reads take it shared, production
 // writes and discards through the slow path exclusive, so a snapshot read that resolved a block to the clone
 // completes before that block is copied out and overwritten.
-import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../../../common/src/log.js';
 import { type CleanupReport, cleanupStale } from '../mount/cleanup.js';
 import { MountError } from '../mount/errors.js';
 import { withFrozenFs } from '../mount/freeze.js';
+import { run } from '../mount/exec.js';
 import { attachLoop, detachLoop, type LoopDevice, loopForFile, loopsForFile } from '../mount/loop-device.js';
 import { FUSE_FSTYPE } from './fuse-mount.js';
 import { FuseServer } from './fuse-server.js';
@@ -27,6 +29,8 @@ import type { EngineFastPath } from './view-protocol.js';
 
 /** How long a detach waits for the kernel to release the view file (RELEASE) before unexposing fails. */
 const DETACH_RELEASE_TIMEOUT_MS = 30_000;
+/** Attribute invalidations a growth sends before it gives up on the kernel reporting the new size. */
+const GROW_ATTR_ATTEMPTS = 5;
 
 /** The engine's production volume, as the data path uses it (implemented by engine-ports.ts). */
 export interface LiveVolumePort {
@@ -247,6 +251,36 @@ export class Datapath {
   }
 
   /**
+   * Online growth of view `name` to `sizeBytes`, after the engine behind it grew: the workers serve the new
+   * size, the kernel's inode of the view file reports it (attribute cache dropped, then a GETATTR through the
+   * mount), and every loop device on the view gets it as its capacity (LOOP_SET_CAPACITY). I/O keeps flowing
+   * throughout: the old range stays valid, the new range becomes addressable last. Idempotent.
+   */
+  async grow(name: string, sizeBytes: number): Promise<{ devices: { device: string; sizeBytes: number }[] }> {
+    const path = this.server.pathOf(name);
+    const nodeId = this.server.growView(name, sizeBytes);
+    let seen = (await stat(path)).size;
+    for (let i = 1; seen !== sizeBytes && i < GROW_ATTR_ATTEMPTS; i++) {
+      this.server.invalidateAttributes(nodeId);
+      seen = (await stat(path)).size;
+    }
+    if (seen !== sizeBytes) {
+      throw new Error(`the kernel reports ${seen} bytes for ${path} after growing it to ${sizeBytes} bytes`);
+    }
+    const devices: { device: string; sizeBytes: number }[] = [];
+    for (const loop of await loopsForFile(path)) {
+      await run('losetup', ['--set-capacity', loop.device]);
+      const bytes = await blockDeviceBytes(loop.device);
+      if (bytes !== sizeBytes) {
+        throw new Error(`loop device ${loop.device} has ${bytes} bytes after LOOP_SET_CAPACITY, not ${sizeBytes}`);
+      }
+      devices.push({ device: loop.device, sizeBytes: bytes });
+    }
+    this.log.info({ view: name, sizeBytes, devices: devices.map((d) => d.device) }, 'Grew view and its loop devices');
+    return { devices };
+  }
+
+  /**
    * A consistent cut: with `mountpoint` (a file system on a view of this volume is mounted there) it is
    * frozen around `fn` and always thawed. `fn` creates the snapshot in the engine, which closes the fast
    * path's gate and drains direct writes itself.
@@ -271,4 +305,10 @@ export class Datapath {
   get fuse(): FuseServer {
     return this.server;
   }
+}
+
+/** Size of a block device from sysfs (/sys/class/block/<name>/size counts 512-byte sectors). */
+export async function blockDeviceBytes(device: string): Promise<number> {
+  const sectors = (await readFile(`/sys/class/block/${basename(device)}/size`, 'utf8')).trim();
+  return Number(sectors) * 512;
 }

@@ -32,11 +32,13 @@ export function snapshotPort(volume: SnapshotVolume, snapshotId: number): Snapsh
 /**
  * The read-write view of RW snapshot `rwId` of `volume` (OP-8/OP-9: its writes never reach the clone or
  * another view). FUSE FSYNC calls flush, the engine's durability barrier for every view of the volume.
+ * `sizeBytes` follows the RW snapshot (it grows with resizeRw).
  */
 export function rwPort(volume: SnapshotVolume, rwId: number): RwViewPort {
-  const info = volume.getRw(rwId);
   return {
-    sizeBytes: info.sizeBytes,
+    get sizeBytes() {
+      return volume.getRw(rwId).sizeBytes;
+    },
     blockSize: volume.blockSize,
     read: (offset, into) => volume.readRwInto(rwId, offset, into),
     write: (offset, data) => volume.writeRw(rwId, offset, data),

@@ -45,6 +45,8 @@ export const BATCH_FORGET_IN_BYTES = 8;
 export const FORGET_ONE_BYTES = 16;
 export const DIRENT_HEADER_BYTES = 24; // ino, off, namelen, type; name follows, record padded to 8
 export const NOTIFY_INVAL_ENTRY_OUT_BYTES = 16;
+/** fuse_notify_inval_inode_out: ino u64, off i64, len i64. */
+export const NOTIFY_INVAL_INODE_OUT_BYTES = 24;
 
 export const Opcode = {
   LOOKUP: 1,
@@ -118,6 +120,8 @@ export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
 export const FALLOC_FL_ZERO_RANGE = 0x10;
 
+/** Notify codes (fuse_notify_code). INVAL_INODE drops cached attributes (and, for off >= 0, pages). */
+export const FUSE_NOTIFY_INVAL_INODE = 2;
 export const FUSE_NOTIFY_INVAL_ENTRY = 3;
 
 /** Linux errno values used in replies (positive; replies carry them negated). */

@@ -9,6 +9,7 @@ import {
   encodeEntryOut,
   encodeInitOut,
   encodeNotifyInvalEntry,
+  encodeNotifyInvalInode,
   encodeOutHeader,
 } from './fuse-reply.js';
 import { frame, frames } from './fuse-frames.testing.js';
@@ -253,5 +254,20 @@ describe('fuse-codec encoders', () => {
     expect(dv.getBigUint64(8, true)).toBe(0n);
     expect(dv.getUint32(OUT_HEADER_BYTES + 8, true)).toBe(5);
     expect(m[m.length - 1]).toBe(0);
+  });
+
+  it('5-5 notify inval_inode is unique 0, error = code 2, ino, off -1 (attributes only), len 0', () => {
+    const m = encodeNotifyInvalInode(2 ** 33 + 7);
+    const dv = new DataView(m.buffer);
+    expect(m.length).toBe(OUT_HEADER_BYTES + 24);
+    expect(dv.getUint32(0, true)).toBe(m.length);
+    expect(dv.getInt32(4, true)).toBe(2);
+    expect(dv.getBigUint64(8, true)).toBe(0n);
+    expect(dv.getBigUint64(OUT_HEADER_BYTES, true)).toBe(2n ** 33n + 7n);
+    expect(dv.getBigInt64(OUT_HEADER_BYTES + 8, true)).toBe(-1n);
+    expect(dv.getBigInt64(OUT_HEADER_BYTES + 16, true)).toBe(0n);
+    const pages = new DataView(encodeNotifyInvalInode(5, 4096, 8192).buffer);
+    expect(pages.getBigInt64(OUT_HEADER_BYTES + 8, true)).toBe(4096n);
+    expect(pages.getBigInt64(OUT_HEADER_BYTES + 16, true)).toBe(8192n);
   });
 });

@@ -9,8 +9,10 @@ import {
   DIRENT_HEADER_BYTES,
   ENTRY_OUT_BYTES,
   FUSE_NOTIFY_INVAL_ENTRY,
+  FUSE_NOTIFY_INVAL_INODE,
   INIT_OUT_BYTES,
   NOTIFY_INVAL_ENTRY_OUT_BYTES,
+  NOTIFY_INVAL_INODE_OUT_BYTES,
   OPEN_OUT_BYTES,
   OUT_HEADER_BYTES,
   STATFS_OUT_BYTES,
@@ -187,5 +189,22 @@ export function encodeNotifyInvalEntry(parent: number, name: string): Uint8Array
   setU64(dv, OUT_HEADER_BYTES, parent);
   dv.setUint32(OUT_HEADER_BYTES + 8, nameBytes.length, true);
   buf.set(nameBytes, OUT_HEADER_BYTES + NOTIFY_INVAL_ENTRY_OUT_BYTES);
+  return buf;
+}
+
+/**
+ * A FUSE_NOTIFY_INVAL_INODE message: the kernel forgets the cached attributes of `nodeId` (its next stat or
+ * size lookup sends GETATTR). `offset` -1 keeps the page cache; offset >= 0 also drops the pages of
+ * [offset, offset + length), length 0 meaning to the end.
+ */
+export function encodeNotifyInvalInode(nodeId: number, offset = -1, length = 0): Uint8Array {
+  const total = OUT_HEADER_BYTES + NOTIFY_INVAL_INODE_OUT_BYTES;
+  const buf = new Uint8Array(total);
+  const dv = new DataView(buf.buffer);
+  dv.setUint32(0, total, true);
+  dv.setInt32(4, FUSE_NOTIFY_INVAL_INODE, true);
+  setU64(dv, OUT_HEADER_BYTES, nodeId);
+  dv.setBigInt64(OUT_HEADER_BYTES + 8, BigInt(offset), true);
+  dv.setBigInt64(OUT_HEADER_BYTES + 16, BigInt(length), true);
   return buf;
 }

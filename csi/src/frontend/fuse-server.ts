@@ -16,7 +16,7 @@ import type { Logger } from '../../../common/src/log.js';
 import { MountError } from '../mount/errors.js';
 import { Errno, FUSE_MAX_IO_BYTES, FUSE_ROOT_ID } from './fuse-abi.js';
 import { DatapathMetrics } from './datapath-metrics.js';
-import { encodeNotifyInvalEntry } from './fuse-reply.js';
+import { encodeNotifyInvalEntry, encodeNotifyInvalInode } from './fuse-reply.js';
 import {
   abortFuseConnection,
   closeFuseDevice,
@@ -31,6 +31,7 @@ import {
   CTL_GATE,
   CTL_OPENS,
   CTL_STATE,
+  CTL_VERSION,
   CTL_WORDS,
   type EngineFastPath,
   VIEW_ACTIVE,
@@ -209,6 +210,7 @@ export class FuseServer {
       blockShift: Math.log2(blockSizeBytes),
       engine: spec.kind === 'live' ? spec.fastPath() : null,
       mtimeSec: Math.floor(Date.now() / 1000),
+      version: 0,
     };
     const v: ExposedView = { d, ctl, spec, pending: { count: 0 } };
     this.views.set(spec.name, v);
@@ -227,11 +229,53 @@ export class FuseServer {
     const missing = new MountError('DP_ERR_VIEW_NOT_FOUND', `live view ${name} is not exposed`);
     if (v === undefined) throw missing;
     if (v.spec.kind !== 'live') throw missing;
-    const d: ViewDescriptor = { ...v.d, engine: v.spec.fastPath() };
+    this.update(v, { engine: v.spec.fastPath() });
+  }
+
+  /**
+   * Grows view `name` to `sizeBytes` (never shrinks): its descriptor (and, for a live view, the engine arrays,
+   * which a grown engine has replaced) goes to the workers, then the kernel's cached attributes of the file
+   * are dropped (FUSE_NOTIFY_INVAL_INODE), so the next stat or loop capacity query asks GETATTR and gets the
+   * new size. The engine behind the view must have grown first. Returns the node id of the view's file.
+   */
+  growView(name: string, sizeBytes: number): number {
+    const v = this.views.get(name);
+    if (v === undefined || v.spec.kind === 'file') {
+      throw new MountError('DP_ERR_VIEW_NOT_FOUND', `engine view ${name} is not exposed`);
+    }
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < v.d.sizeBytes) {
+      throw new Error(`view ${name} cannot shrink from ${v.d.sizeBytes} to ${sizeBytes} bytes`);
+    }
+    const d = this.update(v, { sizeBytes, ...(v.spec.kind === 'live' ? { engine: v.spec.fastPath() } : {}) });
+    this.invalidateAttributes(d.nodeId);
+    this.log.info({ view: name, sizeBytes }, 'Grew view');
+    return d.nodeId;
+  }
+
+  /** Size of view `name` as the workers serve it (undefined when not exposed). */
+  viewSize(name: string): number | undefined {
+    return this.views.get(name)?.d.sizeBytes;
+  }
+
+  /** Drops the kernel's cached attributes of the file with this node id (no-op when it has none cached). */
+  invalidateAttributes(nodeId: number): void {
+    try {
+      const msg = encodeNotifyInvalInode(nodeId);
+      writeSync(this.fuseFd, msg, 0, msg.byteLength);
+    } catch {
+      // ENOENT: the kernel holds no inode for it (never looked up, or forgotten).
+    }
+  }
+
+  /** Posts a new descriptor of `v` to the workers, then publishes its version (view-protocol.ts CTL_VERSION). */
+  private update(v: ExposedView, change: Partial<Pick<ViewDescriptor, 'sizeBytes' | 'engine'>>): ViewDescriptor {
+    const d: ViewDescriptor = { ...v.d, ...change, version: v.d.version + 1 };
     const nv: ExposedView = { d, ctl: v.ctl, spec: v.spec, pending: v.pending };
-    this.views.set(name, nv);
+    this.views.set(d.name, nv);
     this.byNode.set(d.nodeId, nv);
     this.pool?.broadcast({ t: 'update', view: d } satisfies WorkerControl);
+    Atomics.store(v.ctl, CTL_VERSION, d.version);
+    return d;
   }
 
   /** Open handles on a view (a loop device attached to it holds one). */

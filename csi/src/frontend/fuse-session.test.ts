@@ -16,6 +16,7 @@ import { createSharedBitmap, fillBits } from './shared-bitmap.js';
 import {
   CTL_OPENS,
   CTL_STATE,
+  CTL_VERSION,
   CTL_WORDS,
   ENGINE_CTL_FLAGS,
   ENGINE_CTL_GATE,
@@ -128,6 +129,7 @@ function harness(opts: { control?: () => WorkerControl | undefined } = {}) {
       blockShift: 12,
       engine: null,
       mtimeSec: 0,
+      version: 0,
       ...d,
     });
     return new Int32Array(ctl);
@@ -212,10 +214,44 @@ describe('FuseSession', () => {
         blockShift: 12,
         engine: null,
         mtimeSec: 0,
+        version: 0,
       },
     });
     expect(t.send(frames.release(2, 9))?.error).toBe(0);
     expect(Atomics.load(c, CTL_OPENS)).toBe(0);
+  });
+
+  it('1-4c a grown view: once the main thread published a newer version, GETATTR and I/O use the new size', () => {
+    const queue: WorkerControl[] = [];
+    const t = harness({ control: () => queue.shift() });
+    const data = new Uint8Array(16384);
+    const ctl = t.view({ nodeId: 4, name: 'grow', sizeBytes: 8192 }, data);
+    const sizeOf = (r: { body: Uint8Array } | undefined): bigint =>
+      new DataView(r!.body.buffer, r!.body.byteOffset).getBigUint64(16 + 8, true);
+    expect(sizeOf(t.send(frames.getattr(2, 4)))).toBe(8192n);
+    expect(t.send(frames.write(4, 4, 8192, new Uint8Array(4096).fill(7)))?.error).toBe(-Errno.ENOSPC);
+    // The update is queued but its version not yet published: the worker keeps the old descriptor.
+    const grown = {
+      nodeId: 4,
+      name: 'grow',
+      kind: 'file' as const,
+      readOnly: false,
+      sizeBytes: 16384,
+      fd: 104,
+      fdDirect: -1,
+      ctl: ctl.buffer as SharedArrayBuffer,
+      blockShift: 12,
+      engine: null,
+      mtimeSec: 0,
+      version: 1,
+    };
+    queue.push({ t: 'update', view: grown });
+    expect(sizeOf(t.send(frames.getattr(6, 4)))).toBe(8192n);
+    Atomics.store(ctl, CTL_VERSION, 1);
+    expect(sizeOf(t.send(frames.getattr(8, 4)))).toBe(16384n);
+    expect(queue).toHaveLength(0);
+    expect(t.send(frames.write(10, 4, 8192, new Uint8Array(4096).fill(7)))?.error).toBe(0);
+    expect(data.subarray(8192, 12288).every((b) => b === 7)).toBe(true);
   });
 
   it('1-5 live view: writes touching an unsettled block go to the engine; settled ones go to the clone file', () => {

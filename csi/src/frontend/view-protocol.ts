@@ -8,6 +8,10 @@
 //               refreshing an RW snapshot): workers back off before entering. Cuts of a live view do not use
 //               it: the engine has its own gate for the fast path (engine/shared-state.ts).
 //   [CTL_OPENS] open file handles (OPEN minus RELEASE), so the main thread refuses to drop a view in use
+//   [CTL_VERSION] version of the view's current descriptor; the main thread posts an `update` and then bumps
+//               it (a resize, new engine arrays). A worker whose descriptor carries another version drains its
+//               control messages before serving the view, so GETATTR never answers a size older than the
+//               last completed update.
 // Entry protocol (worker): BUSY += 1, then read GATE; if closed, BUSY -= 1, wait on GATE, retry. Quiesce
 // (main): GATE = 1, then wait until BUSY == 0. With sequentially consistent Atomics either the worker sees the
 // gate closed or the main thread sees it busy, so nothing enters the view while the gate is closed.
@@ -22,7 +26,8 @@ export const CTL_STATE = 0;
 export const CTL_BUSY = 1;
 export const CTL_GATE = 2;
 export const CTL_OPENS = 3;
-export const CTL_WORDS = 4;
+export const CTL_VERSION = 4;
+export const CTL_WORDS = 5;
 
 export const VIEW_ACTIVE = 1;
 export const VIEW_REMOVED = 2;
@@ -76,12 +81,14 @@ export interface ViewDescriptor {
   /** `live` views only. */
   readonly engine: EngineFastPath | null;
   readonly mtimeSec: number;
+  /** Descriptor version (ctl[CTL_VERSION] once this descriptor is current); 0 when the view is added. */
+  readonly version: number;
 }
 
 /** Main → worker (over the worker's control MessagePort, drained with receiveMessageOnPort). */
 export type WorkerControl =
   | { readonly t: 'add'; readonly view: ViewDescriptor }
-  /** Replaces the engine arrays of a live view (after a resize bumped the engine's generation). */
+  /** Replaces a view's descriptor: a new size (online growth), new engine arrays (the engine's generation moved). */
   | { readonly t: 'update'; readonly view: ViewDescriptor }
   | { readonly t: 'stop' };
 

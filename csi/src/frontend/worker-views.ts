@@ -5,6 +5,7 @@ import { FUSE_ROOT_ID, S_IFDIR, S_IFREG } from './fuse-abi.js';
 import type { Attr } from './fuse-reply.js';
 import {
   CTL_STATE,
+  CTL_VERSION,
   ENGINE_CTL_FLAGS,
   ENGINE_CTL_GENERATION,
   ENGINE_FLAG_READS_VIA_ENGINE,
@@ -67,7 +68,7 @@ export class WorkerViews {
   /** The active view with this node id (draining control messages on a miss or a stale engine). */
   get(nodeId: number): ViewState | undefined {
     let v = this.byId.get(nodeId);
-    if (!v || Atomics.load(v.ctl, CTL_STATE) !== VIEW_ACTIVE || staleEngine(v)) {
+    if (!v || Atomics.load(v.ctl, CTL_STATE) !== VIEW_ACTIVE || staleDescriptor(v) || staleEngine(v)) {
       this.drain();
       v = this.byId.get(nodeId);
     }
@@ -97,6 +98,11 @@ export class WorkerViews {
     this.drain();
     return [...this.byId.values()].filter((v) => Atomics.load(v.ctl, CTL_STATE) === VIEW_ACTIVE);
   }
+}
+
+/** The main thread has posted a newer descriptor of the view (new size or engine arrays). */
+function staleDescriptor(v: ViewState): boolean {
+  return Atomics.load(v.ctl, CTL_VERSION) !== v.d.version;
 }
 
 /** The engine replaced its arrays (resize); the main thread has posted the new ones. */

@@ -13,6 +13,7 @@ import type {
   NodeUnpublishVolumeRequest,
   NodeUnstageVolumeRequest,
 } from './csi-types.js';
+import { int64 } from './csi-types.js';
 import { type HandlerDeps, unary } from './handler.js';
 import { requireCapability, requirePath, requireString } from './validate.js';
 
@@ -95,7 +96,21 @@ export function nodeHandlers(deps: NodeDeps): grpc.UntypedServiceImplementation 
     NodeExpandVolume: unary(deps, 'NodeExpandVolume', async (req: NodeExpandVolumeRequest) => {
       const volumeId = requireString('volume_id', req.volume_id);
       const volumePath = requireString('volume_path', req.volume_path);
-      const r = await node.expand(volumeId, volumePath);
+      const range = req.capacity_range;
+      const requiredBytes = range ? int64(range.required_bytes) : 0;
+      if (!Number.isSafeInteger(requiredBytes) || requiredBytes < 0) {
+        throw new CsiError(
+          'CSI_ERR_INVALID_FIELD',
+          `capacity_range.required_bytes ${String(range?.required_bytes)} is invalid`,
+        );
+      }
+      const r = await node.expand({
+        volumeId,
+        volumePath,
+        stagingPath: req.staging_target_path || undefined,
+        requiredBytes,
+        capability: req.volume_capability ? requireCapability('volume_capability', req.volume_capability) : undefined,
+      });
       return { capacity_bytes: String(r.capacityBytes) };
     }),
 
