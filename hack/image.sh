@@ -541,6 +541,8 @@ cmd_verify() {
   LOOPSNAP_IMAGE_DIR="$t/out" LOOPSNAP_IMAGE_CACHE="$t/cache" LOOPSNAP_IMAGE_APT_DIR="$APT_DIR" \
     "$SELF" build "${IMAGES[@]}" >/dev/null || die "the second build failed"
   for n in "${IMAGES[@]}"; do
+    [ "$(cat "$OUT/$n.inputs")" = "$(cat "$t/out/$n.inputs")" ] ||
+      die "$n: the inputs changed between the two builds (sources edited meanwhile?); run it again"
     node - "$OUT/$n.json" "$t/out/$n.json" "$n" <<'EOF' || fail=1
 const fs = require('fs');
 const [a, b] = process.argv.slice(2, 4).map((f) => JSON.parse(fs.readFileSync(f, 'utf8')));
@@ -622,25 +624,29 @@ EOF
   log "throwaway containerd $ST_PID on $sock"
   import_into "$sock" k8s.io "${IMAGES[@]}"
   ctr -a "$sock" -n k8s.io images ls >&2
+  for c in "$ref_l" "$ref_p" "$ref_b"; do
+    ctr -a "$sock" -n k8s.io images ls -q | grep -qx "$c" || die "$c is not listed after the import"
+  done
+  echo "ok imported: $ref_l $ref_p $ref_b"
 
   out="$(st_run "$ref_l" node-version node --version)"
   [ "$out" = "v$NODE_VERSION" ] || die "node --version in $ref_l printed '$out', expected v$NODE_VERSION"
-  log "ok: node --version = $out"
+  echo "ok node --version: $out"
   for c in loopsnap-node loopsnap-controller; do
     out="$(st_run "$ref_l" "${c}-help" "$c" --help 2>&1)" || die "$c --help in $ref_l failed: $out"
     [ -n "$out" ] || die "$c --help printed nothing"
-    log "ok: $c --help ($(printf '%s\n' "$out" | wc -l) lines)"
+    echo "ok $c --help: $(printf '%s\n' "$out" | wc -l) lines"
   done
   # Every command the node plugin execs resolves on the image's PATH.
   c="$(grep -rhoE "\brun\('[a-z0-9_.]+'" csi/src --include=*.ts | grep -v test | sed "s/.*'\(.*\)'/\1/" | sort -u | paste -sd' ' -)"
   out="$(st_run "$ref_l" tools sh -c 'for c in "$@"; do command -v "$c" >/dev/null || echo "$c"; done' sh $c)"
   [ -z "$out" ] || die "missing in $ref_l: $out"
-  log "ok: $c"
+  echo "ok node plugin tools on PATH: $c"
   out="$(st_run "$ref_b" busybox sh -c 'for c in sh sleep head dd sha256sum sync cat stat ls id touch mkdir rm; do command -v $c >/dev/null || echo $c; done; id -u; echo x > /tmp/x && cat /tmp/x')"
   [ "$out" = "$(printf '0\nx')" ] || die "busybox check in $ref_b printed: $out"
-  log "ok: busybox applets, id -u = 0, /tmp writable"
+  echo "ok busybox: applets on PATH, id -u 0, /tmp writable"
   out="$(st_run "$ref_p" pause /pause -v)"
-  case "$out" in "pause.c v"*) log "ok: /pause -v = $out" ;; *) die "/pause -v printed '$out'" ;; esac
+  case "$out" in "pause.c v"*) echo "ok /pause -v: $out" ;; *) die "/pause -v printed '$out'" ;; esac
   selftest_down
   log "selftest passed"
 }
