@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The PVC controller: provisions PVs for PVCs of our StorageClasses (empty, restore from a VolumeSnapshot,
-// clone of a PVC) following provision-logic.ts, and expands bound volumes (ControllerExpandVolume; the node
-// side is kubelet's NodeExpandVolume, requested through the PVC's FileSystemResizePending condition).
+// clone of a PVC) following provision-logic.ts, and expands bound volumes (resizer.ts: ControllerExpandVolume
+// and the PVC status a 1.33 kubelet reads before its NodeExpandVolume).
 import * as grpc from '@grpc/grpc-js';
 import { isAlreadyExists } from '../../common/src/kube-rest.js';
 import { ControllerLoop, gated, type ReconcileContext, type ReconcileResult } from './controller-base.js';
@@ -15,7 +15,7 @@ import {
   NodeUnavailableError,
 } from './errors.js';
 import { keyOf, Resources, splitKey } from './kube/resources.js';
-import type { PersistentVolume, PersistentVolumeClaim, PvcCondition, VolumeSnapshotContent } from './kube/types.js';
+import type { PersistentVolume, PersistentVolumeClaim, VolumeSnapshotContent } from './kube/types.js';
 import { ANN_PROVISIONING_NODE, FIN_PVC_PROVISIONING, LABEL_MANAGED_BY, pvNameFor, Reason } from './names.js';
 import {
   buildPv,
@@ -24,12 +24,9 @@ import {
   decideProvisionAction,
   type ProvisionAction,
   type ProvisionWorld,
-  requestedBytes,
-  volumeCapabilities,
 } from './provision-logic.js';
-import { formatQuantityBytes, nowTime, parseQuantityBytes } from './quantity.js';
 import { restoreSourceOf } from './snapshot-controller.js';
-import { nodeOfPv } from './snapshot-logic.js';
+import { Resizer } from './resizer.js';
 import { RetryGate } from './workqueue.js';
 
 const MAX_STEPS = 8;
@@ -38,10 +35,12 @@ export class Provisioner {
   readonly loop: ControllerLoop;
   /** Backoff of calls to node plugins, per PVC (see RetryGate). */
   readonly gate: RetryGate;
+  private readonly resizer: Resizer;
 
   constructor(private readonly d: Deps) {
     const s = d.settings;
     this.gate = new RetryGate(s.retryIntervalStartMs, s.retryIntervalMaxMs);
+    this.resizer = new Resizer(d);
     this.loop = new ControllerLoop({
       name: 'persistentvolumeclaim',
       kind: 'PersistentVolumeClaim',
@@ -151,7 +150,7 @@ export class Provisioner {
       if (action.type === 'done' && pvc.spec.volumeName) {
         const wait = this.gate.waitMs(key);
         if (wait > 0) return { requeueAfterMs: wait };
-        return gated(this.gate, key, () => this.reconcileResize(pvc, log));
+        return gated(this.gate, key, () => this.resizer.reconcile(pvc, log));
       }
       if (action.type === 'provision' || action.type === 'cleanupAbandoned') {
         const wait = this.gate.waitMs(key);
@@ -292,102 +291,6 @@ export class Provisioner {
       }
       if (err instanceof NodeUnavailableError)
         log.info({ node: action.node }, 'Waiting for node plugin to provision PVC');
-      throw err;
-    }
-  }
-
-  /** ControllerExpandVolume when the claim asks for more than the PV has (external-resizer's job). */
-  private async reconcileResize(pvc: PersistentVolumeClaim, log: ReconcileContext['log']): Promise<ReconcileResult> {
-    const pv = this.d.caches.pvs.get(pvc.spec.volumeName as string);
-    if (!pv || pv.spec.csi?.driver !== this.d.settings.driverName || pvc.status?.phase !== 'Bound') return {};
-    let want: bigint;
-    let have: bigint;
-    try {
-      want = requestedBytes(pvc);
-      have = parseQuantityBytes(pv.spec.capacity?.storage ?? '0');
-    } catch {
-      return {};
-    }
-    if (want <= have) return {};
-    const node = nodeOfPv(pv);
-    const R = Resources;
-    const { kube, events } = this.d;
-    const sc = pvc.spec.storageClassName ? this.d.caches.storageClasses.get(pvc.spec.storageClassName) : undefined;
-    try {
-      if (!node)
-        throw new ControllerError(
-          ErrorCode.InvalidSpec,
-          `cannot tell which node holds PersistentVolume "${pv.metadata.name}"`,
-        );
-      const client = this.client(node);
-      events.record(
-        R.PersistentVolumeClaim,
-        pvc,
-        'Normal',
-        Reason.Resizing,
-        `External resizer is resizing volume ${pv.metadata.name}`,
-      );
-      await kube.patch(
-        R.PersistentVolumeClaim,
-        pvc.metadata,
-        {
-          status: {
-            allocatedResources: { storage: formatQuantityBytes(want) },
-            allocatedResourceStatuses: { storage: 'ControllerResizeInProgress' },
-          },
-        },
-        { subresource: 'status' },
-      );
-      const cap = volumeCapabilities(pvc, sc, this.d.settings.defaultFsType)[0];
-      const res = await client.controllerExpandVolume({
-        volumeId: pv.spec.csi.volumeHandle,
-        requiredBytes: want,
-        ...(cap ? { capability: cap } : {}),
-      });
-      const size = res.capacityBytes > 0n ? res.capacityBytes : want;
-      await kube.patch(R.PersistentVolume, pv.metadata, { spec: { capacity: { storage: formatQuantityBytes(size) } } });
-      // As external-resizer: kubelet finishes on the node (file system, or the block device of a raw volume).
-      const nodeStep = res.nodeExpansionRequired;
-      const conditions: PvcCondition[] = (pvc.status?.conditions ?? []).filter(
-        (c) => c.type !== 'Resizing' && c.type !== 'FileSystemResizePending',
-      );
-      if (nodeStep) {
-        conditions.push({
-          type: 'FileSystemResizePending',
-          status: 'True',
-          lastTransitionTime: nowTime(),
-          message: 'Waiting for user to (re-)start a pod to finish file system resize of volume on node.',
-        });
-      }
-      const status: Record<string, unknown> = {
-        conditions,
-        allocatedResourceStatuses: nodeStep ? { storage: 'NodeResizePending' } : null,
-      };
-      if (!nodeStep) status.capacity = { storage: formatQuantityBytes(size) };
-      await kube.patch(R.PersistentVolumeClaim, pvc.metadata, { status }, { subresource: 'status' });
-      const msg = nodeStep
-        ? `Require file system resize of volume on node`
-        : `ResizeVolume succeeded for volume "${pv.metadata.name}"`;
-      events.record(
-        R.PersistentVolumeClaim,
-        pvc,
-        'Normal',
-        nodeStep ? Reason.FileSystemResizeRequired : Reason.VolumeResizeSuccessful,
-        msg,
-      );
-      log.info(
-        { volumeName: pv.metadata.name, size: formatQuantityBytes(size), nodeExpansionRequired: nodeStep },
-        'Expanded volume',
-      );
-      return {};
-    } catch (err) {
-      events.record(
-        R.PersistentVolumeClaim,
-        pvc,
-        'Warning',
-        Reason.VolumeResizeFailed,
-        `resize volume "${pv.metadata.name}" failed: ${errorMessage(err)}`,
-      );
       throw err;
     }
   }

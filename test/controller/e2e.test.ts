@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { csiCall as call, isRoot } from '../support/node-plugin.js';
 import { checksumFiles, readAt, sha256, writeDurable, writeFiles } from '../csi/volumes.js';
+import { startBlockWriter, startFileWriter } from '../csi/writer.js';
+import { canGrowExt4Online } from '../../csi/src/driver/fs-grow.js';
 import { sh } from '../support/datapath-host.js';
 import { useCluster } from '../support/cluster.js';
 import { EXAMPLES, LoopsnapEnv } from '../support/loopsnap-env.js';
@@ -30,6 +32,8 @@ type Obj = {
     snapshotHandle?: string;
   };
 };
+
+const hasCapSysResource = isRoot && (await canGrowExt4Online());
 
 describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loop devices, FUSE)', () => {
   const cluster = useCluster('ctl-e2e');
@@ -318,72 +322,183 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
     await env.kubelet.unmount(ns, 'wffc');
   });
 
-  it('1-9 - expansion of a raw block volume: ControllerExpandVolume, PV grows, then NodeExpandVolume grows the device', async () => {
-    // (A Filesystem volume would need online ext4 resize on the node, which needs CAP_SYS_RESOURCE; this
-    // sandbox lacks it, so the block path is what can be exercised end to end here.)
-    applyYaml(pvcYaml('grow', 'loopsnap', '64Mi', 'Block'));
-    await bound('grow');
-    const m = await env.kubelet.mount(ns, 'grow');
-    const data = randomBytes(256 * 1024);
-    await writeDurable(m.targetPath, 32 * 1024 * 1024, data);
-    await env.kubelet.unmount(ns, 'grow');
+  // Online expansion (docs/volume-expansion.md): the claim stays mounted and a writer keeps writing through
+  // the whole growth; the controller writes the PVC status a 1.33 kubelet waits for, the stand-in does what
+  // that kubelet does with it (test/support/kubelet.ts).
+  type ClaimStatus = {
+    capacity?: { storage?: string };
+    allocatedResources?: { storage?: string };
+    allocatedResourceStatuses?: { storage?: string };
+    conditions?: Array<{ type: string; status: string; message?: string }>;
+  };
+  const claimStatus = async (name: string) => (await pvc(name))?.status as ClaimStatus | undefined;
+  const pvCapacity = async (name: string) =>
+    (
+      (await get(`/api/v1/persistentvolumes/${(await pvc(name))?.spec.volumeName}`))?.spec.capacity as
+        { storage?: string } | undefined
+    )?.storage;
+  const resizeTo = (name: string, size: string) =>
     env.kubectl([
       'patch',
       'pvc',
-      'grow',
+      name,
       '--type=merge',
       '-p',
-      '{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}',
+      `{"spec":{"resources":{"requests":{"storage":"${size}"}}}}`,
     ]);
-    const pvName = (await pvc('grow'))?.spec.volumeName as string;
-    await waitFor(
-      'PV capacity 128Mi',
-      async () =>
-        ((await get(`/api/v1/persistentvolumes/${pvName}`))?.spec.capacity as { storage?: string })?.storage ===
-        '128Mi',
-    );
-    await waitFor('FileSystemResizePending', async () =>
-      ((await pvc('grow'))?.status?.conditions as Array<{ type: string }> | undefined)?.some(
-        (c) => c.type === 'FileSystemResizePending',
-      ),
-    );
-    await env.kubelet.finishExpansion(ns, 'grow');
+  const nodePending = (name: string, size: string) =>
+    waitFor(`${name}: NodeResizePending for ${size}`, async () => {
+      const st = await claimStatus(name);
+      return st?.allocatedResourceStatuses?.storage === 'NodeResizePending' ? st : undefined;
+    });
+  const conditionTypes = (st: ClaimStatus | undefined) => (st?.conditions ?? []).map((c) => c.type).sort();
+  const eventsOf = async (name: string) =>
+    (
+      await env.rest.get<{ items: Array<{ reason: string; type: string; message: string }> }>(
+        `/api/v1/namespaces/${ns}/events?fieldSelector=involvedObject.name=${name}`,
+      )
+    ).items;
+
+  it('1-9 - raw block grows online: the controller grows the device under a writer and finishes alone (no node step)', async () => {
+    applyYaml(pvcYaml('grow', 'loopsnap', '64Mi', 'Block'));
+    await bound('grow');
+    const m = await env.kubelet.mount(ns, 'grow');
+    const model = Buffer.alloc(64 * 1024 * 1024);
+    const writer = await startBlockWriter(m.targetPath, model);
+    await writer.reached(16);
+    resizeTo('grow', '128Mi');
+    const st = await waitFor('grow: capacity 128Mi', async () => {
+      const s = await claimStatus('grow');
+      return s?.capacity?.storage === '128Mi' ? s : undefined;
+    });
+    expect(st.allocatedResources?.storage).toBe('128Mi');
+    expect(st.allocatedResourceStatuses?.storage).toBeUndefined();
+    expect(conditionTypes(st)).toEqual([]);
+    expect(await pvCapacity('grow')).toBe('128Mi');
+    // The pod's device is already 128Mi; kubelet finds nothing left to do.
+    expect(Number((await sh('blockdev', ['--getsize64', m.targetPath])).trim())).toBe(128 * 1024 * 1024);
+    expect(await env.kubelet.expandOnline(ns, 'grow')).toEqual({ outcome: 'not-needed' });
+    await writer.reached(writer.writes + 16);
+    await writer.stop();
+    expect((await readAt(m.targetPath, 0, model.length)).equals(model)).toBe(true);
+    const tail = randomBytes(256 * 1024);
+    await writeDurable(m.targetPath, 128 * 1024 * 1024 - tail.length, tail);
+    await env.kubelet.unmount(ns, 'grow');
     const after = await env.kubelet.mount(ns, 'grow');
-    const size = Number((await sh('blockdev', ['--getsize64', after.targetPath])).trim());
-    expect(size).toBe(128 * 1024 * 1024);
-    expect(sha256(await readAt(after.targetPath, 32 * 1024 * 1024, data.length))).toBe(sha256(data));
-    expect(((await pvc('grow'))?.status?.capacity as { storage?: string })?.storage).toBe('128Mi');
+    expect((await readAt(after.targetPath, 0, model.length)).equals(model)).toBe(true);
+    expect(sha256(await readAt(after.targetPath, 128 * 1024 * 1024 - tail.length, tail.length))).toBe(sha256(tail));
+    const reasons = (await eventsOf('grow')).map((e) => e.reason);
+    expect(reasons).toEqual(expect.arrayContaining(['Resizing', 'VolumeResizeSuccessful']));
     await env.kubelet.unmount(ns, 'grow');
   });
 
-  it('1-9b - expansion of a Filesystem volume: the PV grows, the file system grows on the node, files stay', async () => {
+  it('1-9b - xfs grows online: NodeResizePending and FileSystemResizePending, then kubelet NodeExpandVolume and the final status', async () => {
+    applyYaml(
+      'apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: loopsnap-xfs-test}\nprovisioner: csi.loopsnap.dev\nallowVolumeExpansion: true\nparameters: {csi.storage.k8s.io/fstype: xfs}\n',
+    );
+    applyYaml(pvcYaml('growxfs', 'loopsnap-xfs-test', '320Mi'));
+    await bound('growxfs');
+    const m = await env.kubelet.mount(ns, 'growxfs');
+    const sums = await writeFiles(m.targetPath, [3 * 1024 * 1024, 9000]);
+    const small = await statfs(m.targetPath);
+    const writer = await startFileWriter(join(m.targetPath, 'log.bin'));
+    await writer.reached(16);
+    resizeTo('growxfs', '400Mi');
+    const pending = await nodePending('growxfs', '400Mi');
+    expect(pending.allocatedResources?.storage).toBe('400Mi');
+    expect(pending.capacity?.storage).toBe('320Mi');
+    expect(conditionTypes(pending)).toEqual(['FileSystemResizePending', 'Resizing']);
+    expect(pending.conditions?.find((c) => c.type === 'FileSystemResizePending')?.message).toBe(
+      'Waiting for user to (re-)start a pod to finish file system resize of volume on node.',
+    );
+    expect(await pvCapacity('growxfs')).toBe('400Mi');
+    expect(await env.kubelet.expandOnline(ns, 'growxfs')).toEqual({ outcome: 'expanded', size: '400Mi' });
+    const done = await claimStatus('growxfs');
+    expect(done?.capacity?.storage).toBe('400Mi');
+    expect(done?.allocatedResourceStatuses?.storage).toBeUndefined();
+    expect(conditionTypes(done)).toEqual([]);
+    await writer.reached(writer.writes + 16);
+    await writer.stop();
+    const grown = await statfs(m.targetPath);
+    expect((grown.blocks - small.blocks) * grown.bsize).toBeGreaterThan(75 * 1024 * 1024);
+    expect(sha256(readFileSync(join(m.targetPath, 'log.bin')))).toBe(writer.sum().sha256);
+    expect(await checksumFiles(m.targetPath, Object.keys(sums))).toEqual(sums);
+    const reasons = (await eventsOf('growxfs')).map((e) => e.reason);
+    expect(reasons).toEqual(expect.arrayContaining(['Resizing', 'FileSystemResizeRequired']));
+    await env.kubelet.unmount(ns, 'growxfs');
+    env.kubectl(['delete', 'pvc', 'growxfs', '--wait=true']);
+    env.kubectl(['delete', 'storageclass', 'loopsnap-xfs-test']);
+  });
+
+  it.skipIf(hasCapSysResource)(
+    '1-9c - ext4 without CAP_SYS_RESOURCE: online NodeExpandVolume is refused as in use; the next mount finishes it',
+    async () => {
+      applyYaml(pvcYaml('growfs'));
+      await bound('growfs');
+      const m = await env.kubelet.mount(ns, 'growfs');
+      const sums = await writeFiles(m.targetPath, [64_000, 9000]);
+      resizeTo('growfs', '128Mi');
+      await nodePending('growfs', '128Mi');
+      const refused = await env.kubelet.expandOnline(ns, 'growfs');
+      expect(refused).toMatchObject({ outcome: 'in-use', message: expect.stringMatching(/CAP_SYS_RESOURCE/) });
+      // kubelet records nothing for an in-use refusal: the claim still waits for a pod (re)start.
+      const waiting = await claimStatus('growfs');
+      expect(waiting?.allocatedResourceStatuses?.storage).toBe('NodeResizeInProgress');
+      expect(conditionTypes(waiting)).toEqual(['FileSystemResizePending', 'Resizing']);
+      await env.kubelet.unmount(ns, 'growfs');
+      const after = await env.kubelet.mount(ns, 'growfs');
+      const st = await statfs(after.targetPath);
+      expect(st.blocks * st.bsize).toBeGreaterThan(100 * 1024 * 1024);
+      expect(await checksumFiles(after.targetPath, Object.keys(sums))).toEqual(sums);
+      const done = await claimStatus('growfs');
+      expect(done?.capacity?.storage).toBe('128Mi');
+      expect(done?.allocatedResourceStatuses?.storage).toBeUndefined();
+      expect(conditionTypes(done)).toEqual([]);
+      await env.kubelet.unmount(ns, 'growfs');
+    },
+  );
+
+  it.skipIf(!hasCapSysResource)('1-9c - ext4 grows online (needs CAP_SYS_RESOURCE)', async () => {
     applyYaml(pvcYaml('growfs'));
     await bound('growfs');
     const m = await env.kubelet.mount(ns, 'growfs');
     const sums = await writeFiles(m.targetPath, [64_000, 9000]);
-    await env.kubelet.unmount(ns, 'growfs');
-    env.kubectl([
-      'patch',
-      'pvc',
-      'growfs',
-      '--type=merge',
-      '-p',
-      '{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}',
-    ]);
-    const pvName = (await pvc('growfs'))?.spec.volumeName as string;
-    await waitFor(
-      'PV capacity 128Mi',
-      async () =>
-        ((await get(`/api/v1/persistentvolumes/${pvName}`))?.spec.capacity as { storage?: string })?.storage ===
-        '128Mi',
-    );
-    await env.kubelet.finishExpansion(ns, 'growfs');
-    const after = await env.kubelet.mount(ns, 'growfs');
-    const st = await statfs(after.targetPath);
+    resizeTo('growfs', '128Mi');
+    await nodePending('growfs', '128Mi');
+    expect(await env.kubelet.expandOnline(ns, 'growfs')).toEqual({ outcome: 'expanded', size: '128Mi' });
+    const st = await statfs(m.targetPath);
     expect(st.blocks * st.bsize).toBeGreaterThan(100 * 1024 * 1024);
-    expect(await checksumFiles(after.targetPath, Object.keys(sums))).toEqual(sums);
-    expect(((await pvc('growfs'))?.status?.capacity as { storage?: string })?.storage).toBe('128Mi');
+    expect(await checksumFiles(m.targetPath, Object.keys(sums))).toEqual(sums);
     await env.kubelet.unmount(ns, 'growfs');
+  });
+
+  it('1-9d - an infeasible size: ControllerResizeInfeasible and ControllerResizeError; a smaller request recovers', async () => {
+    applyYaml(pvcYaml('toobig', 'loopsnap', '64Mi', 'Block'));
+    await bound('toobig');
+    resizeTo('toobig', '20Ti');
+    const refused = await waitFor('toobig: ControllerResizeInfeasible', async () => {
+      const st = await claimStatus('toobig');
+      return st?.allocatedResourceStatuses?.storage === 'ControllerResizeInfeasible' ? st : undefined;
+    });
+    expect(refused.allocatedResources?.storage).toBe('20Ti');
+    expect(refused.capacity?.storage).toBe('64Mi');
+    const error = refused.conditions?.find((c) => c.type === 'ControllerResizeError');
+    expect(error?.message).toMatch(
+      /^failed to expand pvc with ControllerExpandVolume on node .* OUT_OF_RANGE: .*exceeds the maximum volume size/,
+    );
+    expect(await pvCapacity('toobig')).toBe('64Mi');
+    const failed = (await eventsOf('toobig')).find((e) => e.reason === 'VolumeResizeFailed');
+    expect(failed).toMatchObject({ type: 'Warning', message: expect.stringMatching(/OUT_OF_RANGE/) });
+    // KEP 1790 recovery: a smaller request (above status.capacity) replaces the refused one.
+    resizeTo('toobig', '96Mi');
+    const done = await waitFor('toobig: capacity 96Mi', async () => {
+      const st = await claimStatus('toobig');
+      return st?.capacity?.storage === '96Mi' ? st : undefined;
+    });
+    expect(done.allocatedResources?.storage).toBe('96Mi');
+    expect(done.allocatedResourceStatuses?.storage).toBeUndefined();
+    expect(conditionTypes(done)).toEqual([]);
+    expect(await pvCapacity('toobig')).toBe('96Mi');
   });
 
   it('1-10 - CSIStorageCapacity per node and class; upstream and loopsnap metrics on /metrics', async () => {
