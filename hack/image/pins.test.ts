@@ -5,15 +5,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { imagePin } from '../../test/image/lib.js';
 import { REPO_ROOT } from '../../test/support/paths.js';
 import { finalStageFiles, parseDockerfile, printfText, type Dockerfile } from './dockerfile.js';
-
-function imagePin(key: string): string {
-  const text = readFileSync(join(REPO_ROOT, 'hack', 'image', 'versions.env'), 'utf8');
-  const m = new RegExp(`^${key}=(\\S+)$`, 'm').exec(text);
-  if (!m?.[1]) throw new Error(`${key} is not pinned in hack/image/versions.env`);
-  return m[1];
-}
 
 const readJson = (file: string): Record<string, unknown> =>
   JSON.parse(readFileSync(join(REPO_ROOT, file), 'utf8')) as Record<string, unknown>;

@@ -6,12 +6,10 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../support/paths.js';
-import { builtImage, imageSh } from './lib.js';
+import { builtImage, imagePin, imageSh } from './lib.js';
 
 const isRoot = process.getuid?.() === 0;
-const nodePin = /^NODE_VERSION=(\S+)$/m.exec(
-  readFileSync(join(REPO_ROOT, 'hack', 'image', 'versions.env'), 'utf8'),
-)![1];
+const nodePin = imagePin('NODE_VERSION');
 
 describe.skipIf(!isRoot)('hack/image.sh images (root: mmdebstrap, containerd, runc)', () => {
   it('names the images as the kubelet and the chart expect', () => {

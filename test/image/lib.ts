@@ -17,6 +17,14 @@ export interface ImageSummary {
   layers: Array<{ digest: string; size: number; diffId: string; createdBy: string }>;
 }
 
+/** A pin of hack/image/versions.env, e.g. imagePin('NODE_VERSION'). */
+export function imagePin(key: string): string {
+  const text = readFileSync(join(REPO_ROOT, 'hack', 'image', 'versions.env'), 'utf8');
+  const m = new RegExp(`^${key}=(\\S+)$`, 'm').exec(text);
+  if (!m?.[1]) throw new Error(`${key} is not pinned in hack/image/versions.env`);
+  return m[1];
+}
+
 /** Runs hack/image.sh with the given arguments; a failure carries its last output lines. */
 export function imageSh(args: readonly string[], timeoutMs: number): string {
   try {
