@@ -16,13 +16,15 @@ declare -A NEED=(
   [fsck.ext4]=e2fsprogs [xfs_repair]=xfsprogs
   # The real node (hack/node.sh) and the images built without Docker (hack/image.sh).
   [containerd]=containerd [ctr]=containerd [runc]=runc [iptables]=iptables
-  [mmdebstrap]=mmdebstrap [umoci]=umoci [skopeo]=skopeo
+  [mmdebstrap]=mmdebstrap [umoci]=umoci [skopeo]=skopeo [gcc]=gcc
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+# The pause image is linked statically (hack/image.sh): libc.a.
+[ -n "$(find /usr/lib -name libc.a -path '*linux-gnu*' -print -quit 2>/dev/null)" ] || missing+=(libc6-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
   [ "$(id -u)" = 0 ] || die "missing Debian packages (${pkgs[*]}); run as root or install them"
