@@ -346,12 +346,23 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
       '-p',
       `{"spec":{"resources":{"requests":{"storage":"${size}"}}}}`,
     ]);
-  const nodePending = (name: string, size: string) =>
-    waitFor(`${name}: NodeResizePending for ${size}`, async () => {
+  const resizeStatus = (name: string, status: string) =>
+    waitFor(`${name}: allocatedResourceStatuses.storage ${status}`, async () => {
       const st = await claimStatus(name);
-      return st?.allocatedResourceStatuses?.storage === 'NodeResizePending' ? st : undefined;
+      return st?.allocatedResourceStatuses?.storage === status ? st : undefined;
     });
   const conditionTypes = (st: ClaimStatus | undefined) => (st?.conditions ?? []).map((c) => c.type).sort();
+  /** Waits for status.capacity `size`, then checks the rest of a finished expansion: allocated, no status left. */
+  const expansionDone = async (name: string, size: string) => {
+    const st = await waitFor(`${name}: capacity ${size}`, async () => {
+      const s = await claimStatus(name);
+      return s?.capacity?.storage === size ? s : undefined;
+    });
+    expect(st.allocatedResources?.storage).toBe(size);
+    expect(st.allocatedResourceStatuses?.storage).toBeUndefined();
+    expect(conditionTypes(st)).toEqual([]);
+    expect(await pvCapacity(name)).toBe(size);
+  };
   const eventsOf = async (name: string) =>
     (
       await env.rest.get<{ items: Array<{ reason: string; type: string; message: string }> }>(
@@ -367,14 +378,7 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
     const writer = await startBlockWriter(m.targetPath, model);
     await writer.reached(16);
     resizeTo('grow', '128Mi');
-    const st = await waitFor('grow: capacity 128Mi', async () => {
-      const s = await claimStatus('grow');
-      return s?.capacity?.storage === '128Mi' ? s : undefined;
-    });
-    expect(st.allocatedResources?.storage).toBe('128Mi');
-    expect(st.allocatedResourceStatuses?.storage).toBeUndefined();
-    expect(conditionTypes(st)).toEqual([]);
-    expect(await pvCapacity('grow')).toBe('128Mi');
+    await expansionDone('grow', '128Mi');
     // The pod's device is already 128Mi; kubelet finds nothing left to do.
     expect(Number((await sh('blockdev', ['--getsize64', m.targetPath])).trim())).toBe(128 * 1024 * 1024);
     expect(await env.kubelet.expandOnline(ns, 'grow')).toEqual({ outcome: 'not-needed' });
@@ -404,7 +408,7 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
     const writer = await startFileWriter(join(m.targetPath, 'log.bin'));
     await writer.reached(16);
     resizeTo('growxfs', '400Mi');
-    const pending = await nodePending('growxfs', '400Mi');
+    const pending = await resizeStatus('growxfs', 'NodeResizePending');
     expect(pending.allocatedResources?.storage).toBe('400Mi');
     expect(pending.capacity?.storage).toBe('320Mi');
     expect(conditionTypes(pending)).toEqual(['FileSystemResizePending', 'Resizing']);
@@ -413,10 +417,7 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
     );
     expect(await pvCapacity('growxfs')).toBe('400Mi');
     expect(await env.kubelet.expandOnline(ns, 'growxfs')).toEqual({ outcome: 'expanded', size: '400Mi' });
-    const done = await claimStatus('growxfs');
-    expect(done?.capacity?.storage).toBe('400Mi');
-    expect(done?.allocatedResourceStatuses?.storage).toBeUndefined();
-    expect(conditionTypes(done)).toEqual([]);
+    await expansionDone('growxfs', '400Mi');
     await writer.reached(writer.writes + 16);
     await writer.stop();
     const grown = await statfs(m.targetPath);
@@ -430,15 +431,21 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
     env.kubectl(['delete', 'storageclass', 'loopsnap-xfs-test']);
   });
 
+  /** A mounted 64Mi ext4 claim with files on it, asked to grow to 128Mi, up to NodeResizePending. */
+  const ext4PendingOnNode = async () => {
+    applyYaml(pvcYaml('growfs'));
+    await bound('growfs');
+    const m = await env.kubelet.mount(ns, 'growfs');
+    const sums = await writeFiles(m.targetPath, [64_000, 9000]);
+    resizeTo('growfs', '128Mi');
+    await resizeStatus('growfs', 'NodeResizePending');
+    return { m, sums };
+  };
+
   it.skipIf(hasCapSysResource)(
     '1-9c - ext4 without CAP_SYS_RESOURCE: online NodeExpandVolume is refused as in use; the next mount finishes it',
     async () => {
-      applyYaml(pvcYaml('growfs'));
-      await bound('growfs');
-      const m = await env.kubelet.mount(ns, 'growfs');
-      const sums = await writeFiles(m.targetPath, [64_000, 9000]);
-      resizeTo('growfs', '128Mi');
-      await nodePending('growfs', '128Mi');
+      const { sums } = await ext4PendingOnNode();
       const refused = await env.kubelet.expandOnline(ns, 'growfs');
       expect(refused).toMatchObject({ outcome: 'in-use', message: expect.stringMatching(/CAP_SYS_RESOURCE/) });
       // kubelet records nothing for an in-use refusal: the claim still waits for a pod (re)start.
@@ -450,22 +457,15 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
       const st = await statfs(after.targetPath);
       expect(st.blocks * st.bsize).toBeGreaterThan(100 * 1024 * 1024);
       expect(await checksumFiles(after.targetPath, Object.keys(sums))).toEqual(sums);
-      const done = await claimStatus('growfs');
-      expect(done?.capacity?.storage).toBe('128Mi');
-      expect(done?.allocatedResourceStatuses?.storage).toBeUndefined();
-      expect(conditionTypes(done)).toEqual([]);
+      await expansionDone('growfs', '128Mi');
       await env.kubelet.unmount(ns, 'growfs');
     },
   );
 
   it.skipIf(!hasCapSysResource)('1-9c - ext4 grows online (needs CAP_SYS_RESOURCE)', async () => {
-    applyYaml(pvcYaml('growfs'));
-    await bound('growfs');
-    const m = await env.kubelet.mount(ns, 'growfs');
-    const sums = await writeFiles(m.targetPath, [64_000, 9000]);
-    resizeTo('growfs', '128Mi');
-    await nodePending('growfs', '128Mi');
+    const { m, sums } = await ext4PendingOnNode();
     expect(await env.kubelet.expandOnline(ns, 'growfs')).toEqual({ outcome: 'expanded', size: '128Mi' });
+    await expansionDone('growfs', '128Mi');
     const st = await statfs(m.targetPath);
     expect(st.blocks * st.bsize).toBeGreaterThan(100 * 1024 * 1024);
     expect(await checksumFiles(m.targetPath, Object.keys(sums))).toEqual(sums);
@@ -476,10 +476,7 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
     applyYaml(pvcYaml('toobig', 'loopsnap', '64Mi', 'Block'));
     await bound('toobig');
     resizeTo('toobig', '20Ti');
-    const refused = await waitFor('toobig: ControllerResizeInfeasible', async () => {
-      const st = await claimStatus('toobig');
-      return st?.allocatedResourceStatuses?.storage === 'ControllerResizeInfeasible' ? st : undefined;
-    });
+    const refused = await resizeStatus('toobig', 'ControllerResizeInfeasible');
     expect(refused.allocatedResources?.storage).toBe('20Ti');
     expect(refused.capacity?.storage).toBe('64Mi');
     const error = refused.conditions?.find((c) => c.type === 'ControllerResizeError');
@@ -491,14 +488,7 @@ describe.skipIf(!isRoot)('end to end with examples/ (root: two node plugins, loo
     expect(failed).toMatchObject({ type: 'Warning', message: expect.stringMatching(/OUT_OF_RANGE/) });
     // KEP 1790 recovery: a smaller request (above status.capacity) replaces the refused one.
     resizeTo('toobig', '96Mi');
-    const done = await waitFor('toobig: capacity 96Mi', async () => {
-      const st = await claimStatus('toobig');
-      return st?.capacity?.storage === '96Mi' ? st : undefined;
-    });
-    expect(done.allocatedResources?.storage).toBe('96Mi');
-    expect(done.allocatedResourceStatuses?.storage).toBeUndefined();
-    expect(conditionTypes(done)).toEqual([]);
-    expect(await pvCapacity('toobig')).toBe('96Mi');
+    await expansionDone('toobig', '96Mi');
   });
 
   it('1-10 - CSIStorageCapacity per node and class; upstream and loopsnap metrics on /metrics', async () => {

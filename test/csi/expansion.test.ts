@@ -10,9 +10,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { canGrowExt4Online } from '../../csi/src/driver/fs-grow.js';
-import { call, cleanupDir, isRoot, MiB, PluginProcess } from './plugin.js';
+import { call, isRoot, MiB, type PluginProcess, usePlugin } from './plugin.js';
 import {
   type AccessType,
   capability,
@@ -80,20 +80,10 @@ function nodeExpand(p: PluginProcess, v: Published, bytes: number, fsType = ''):
 }
 
 describe('online expansion (root: loop devices, FUSE, mounts)', () => {
-  let plugin: PluginProcess | undefined;
-
-  beforeAll(async () => {
-    if (isRoot) plugin = await PluginProcess.start();
-  });
-
-  afterAll(async () => {
-    if (!plugin) return;
-    await plugin.stop();
-    await cleanupDir(plugin.dir);
-  });
+  const plugin = usePlugin();
 
   it.skipIf(!isRoot)('8-1 Identity reports ONLINE volume expansion', async () => {
-    const r = await call<{ capabilities: object[] }>(plugin!.clients.identity, 'GetPluginCapabilities');
+    const r = await call<{ capabilities: object[] }>(plugin().clients.identity, 'GetPluginCapabilities');
     expect(r.capabilities).toContainEqual({ volume_expansion: { type: 'ONLINE' }, type: 'volume_expansion' });
   });
 
@@ -102,7 +92,7 @@ describe('online expansion (root: loop devices, FUSE, mounts)', () => {
    * returns what must still be there afterwards.
    */
   async function growFilesystem(name: string, fsType: string, from: number, to: number, before: number[]) {
-    const p = plugin!;
+    const p = plugin();
     const vol = await createVolume(p, name, 'mount', from, {}, fsType);
     const v = await stageAndPublish(p, vol, 'mount', fsType);
     const device = await deviceOf(v);
@@ -185,7 +175,7 @@ describe('online expansion (root: loop devices, FUSE, mounts)', () => {
 
   /** Grows a published raw block volume under a writer; checks the old range byte for byte, the new one too. */
   async function growBlock(volumeId: string, from: number, to: number): Promise<void> {
-    const p = plugin!;
+    const p = plugin();
     const v = await stageAndPublish(p, volumeId, 'block');
     const model = Buffer.from(await readAt(v.targetPath, 0, from));
     const writer = await startBlockWriter(v.targetPath, model);
@@ -212,7 +202,7 @@ describe('online expansion (root: loop devices, FUSE, mounts)', () => {
   }
 
   it.skipIf(!isRoot)('8-4 raw block grows online under a writer; old bytes intact, new range zeros', async () => {
-    const p = plugin!;
+    const p = plugin();
     const vol = await createVolume(p, 'grow-block', 'block', 64 * MiB);
     await growBlock(vol, 64 * MiB, 96 * MiB);
     await call(p.clients.controller, 'DeleteVolume', { volume_id: vol });
@@ -221,7 +211,7 @@ describe('online expansion (root: loop devices, FUSE, mounts)', () => {
   it.skipIf(!isRoot)(
     '8-5 a thin clone (restored from a snapshot) grows online under a writer; its source is untouched',
     async () => {
-      const p = plugin!;
+      const p = plugin();
       const src = await createVolume(p, 'grow-src', 'block', 32 * MiB);
       const s = await stageAndPublish(p, src, 'block');
       const base = randomBytes(32 * MiB);
@@ -246,7 +236,7 @@ describe('online expansion (root: loop devices, FUSE, mounts)', () => {
     ['block', { staging_target_path: '/elsewhere' }, 5, /is staged at .*, not \/elsewhere/],
     ['block', { volume_capability: capability('mount') }, 9, /created for block access, not mount/],
   ])('8-6 NodeExpandVolume refusals are precise (%s, %j)', async (type, override, code, message) => {
-    const p = plugin!;
+    const p = plugin();
     const vol = await createVolume(p, `refuse-${code}-${Object.keys(override)[0]}`, type, 16 * MiB);
     const v = await stageAndPublish(p, vol, type);
     const req = {

@@ -6,8 +6,8 @@ import { execFile } from 'node:child_process';
 import { statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { call, cleanupDir, isRoot, MiB, PluginProcess } from './plugin.js';
+import { describe, expect, it } from 'vitest';
+import { call, isRoot, MiB, usePlugin } from './plugin.js';
 import { capability, createVolume, stageAndPublish, unpublishAndUnstage } from './volumes.js';
 
 const execFileP = promisify(execFile);
@@ -18,22 +18,12 @@ interface Stats {
 }
 
 describe('node service (root: loop devices, FUSE, mounts)', () => {
-  let plugin: PluginProcess | undefined;
-
-  beforeAll(async () => {
-    if (isRoot) plugin = await PluginProcess.start();
-  });
-
-  afterAll(async () => {
-    if (!plugin) return;
-    await plugin.stop();
-    await cleanupDir(plugin.dir);
-  });
+  const plugin = usePlugin();
 
   it.skipIf(!isRoot)(
     '6-1 a read-only publish refuses writes; republishing it read-write is ALREADY_EXISTS',
     async () => {
-      const p = plugin!;
+      const p = plugin();
       const vol = await createVolume(p, 'ro', 'mount', 16 * MiB);
       const v = await stageAndPublish(p, vol, 'mount');
       const roTarget = join(p.dir, 'kubelet', vol, 'ro-target');
@@ -57,7 +47,7 @@ describe('node service (root: loop devices, FUSE, mounts)', () => {
   );
 
   it.skipIf(!isRoot)('6-2 stats report bytes and inodes; a volume whose loop device vanished is abnormal', async () => {
-    const p = plugin!;
+    const p = plugin();
     const fsVol = await createVolume(p, 'stats-fs', 'mount', 32 * MiB);
     const f = await stageAndPublish(p, fsVol, 'mount');
     const s = await call<Stats>(p.clients.node, 'NodeGetVolumeStats', { volume_id: fsVol, volume_path: f.targetPath });
@@ -106,7 +96,7 @@ describe('node service (root: loop devices, FUSE, mounts)', () => {
   });
 
   it.skipIf(!isRoot)('6-3 stage/publish conflicts get precise codes', async () => {
-    const p = plugin!;
+    const p = plugin();
     const vol = await createVolume(p, 'conflicts', 'mount', 16 * MiB);
     const v = await stageAndPublish(p, vol, 'mount');
     const stage = { volume_id: vol, staging_target_path: v.stagingPath, volume_capability: capability('mount') };
@@ -154,7 +144,7 @@ describe('node service (root: loop devices, FUSE, mounts)', () => {
     ['ext4', 32 * MiB, 64 * MiB],
     ['xfs', 320 * MiB, 400 * MiB],
   ])('6-4 expansion while unstaged (%s): the next stage grows the file system', async (fsType, from, to) => {
-    const p = plugin!;
+    const p = plugin();
     const vol = await createVolume(p, `grow-${fsType}`, 'mount', from, {}, fsType);
     let v = await stageAndPublish(p, vol, 'mount', fsType);
     const small = await statfs(v.targetPath);

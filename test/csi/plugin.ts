@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll } from 'vitest';
 import { csiService } from '../../common/src/csi-proto.js';
 import { REPO_ROOT } from '../support/paths.js';
 
@@ -268,4 +269,24 @@ export async function leftoversUnder(dir: string): Promise<string[]> {
     if (m.startsWith(prefix)) out.push(`mount ${m}`);
   }
   return out;
+}
+
+/**
+ * One plugin process for the enclosing describe block (as root; none otherwise): started before its tests,
+ * stopped and everything under its dir removed after them. Call the result inside a test.
+ */
+export function usePlugin(opts: PluginOptions = {}): () => PluginProcess {
+  let plugin: PluginProcess | undefined;
+  beforeAll(async () => {
+    if (isRoot) plugin = await PluginProcess.start(opts);
+  });
+  afterAll(async () => {
+    if (!plugin) return;
+    await plugin.stop();
+    await cleanupDir(plugin.dir);
+  });
+  return () => {
+    if (!plugin) throw new Error('the node plugin was not started (it needs root)');
+    return plugin;
+  };
 }
