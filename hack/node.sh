@@ -353,7 +353,7 @@ cmd_up() {
   "$ROOT/hack/cluster.sh" up >/dev/null
   local start pause; start=$(date +%s%N)
   node_pki
-  pause="$("$ROOT/hack/image.sh" pause-ref)"
+  pause="$("$ROOT/hack/image.sh" ref pause)"
   up_bridge
   up_cgroups
   write_cni
