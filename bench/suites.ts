@@ -3,6 +3,7 @@
 import { controllerSuite } from './controller.js';
 import { datapathSuite } from './datapath.js';
 import { engineSuite } from './engine.js';
+import { nodeSuite } from './node.js';
 import { restoreSuite } from './restore.js';
 import type { BenchSuite } from './suite.js';
 
@@ -10,5 +11,6 @@ export const suites: Record<string, BenchSuite> = {
   controller: controllerSuite,
   datapath: datapathSuite,
   engine: engineSuite,
+  node: nodeSuite,
   restore: restoreSuite,
 };

@@ -324,6 +324,31 @@ function inspectorPod(namespace: string, name: string, node: string, image: stri
   };
 }
 
+/** The local target without vitest (bench/node.ts): node, image and chart up and ready; the kubeconfig path. */
+export async function bringUpLocal(): Promise<string> {
+  const kubeconfig = ensureLocal();
+  const helm = run(toolBin('helm'), [
+    'upgrade',
+    '--install',
+    RELEASE,
+    CHART_DIR,
+    '-n',
+    RELEASE_NS,
+    '--create-namespace',
+    ...localInstallArgs(),
+    '--kubeconfig',
+    kubeconfig,
+  ]);
+  if (helm.code !== 0) throw new Error(`helm upgrade --install failed: ${helm.stderr.trim()}`);
+  const kubectl = (args: readonly string[]): string => {
+    const r = run(toolBin('kubectl'), ['--kubeconfig', kubeconfig, ...args]);
+    if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${r.stderr.trim()}`);
+    return r.stdout;
+  };
+  await waitInstalled({ kubectl });
+  return kubeconfig;
+}
+
 /** Global teardown of the local target: workloads, chart, node, control plane (no-op when never started). */
 export function teardownLocal(): void {
   const env = nodeClusterEnv();
