@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# End to end on a kind cluster with real pods and a real kubelet, for machines with Docker and kind (the
-# development machines of this repository have no Docker engine; there, `npm test` runs the same test file
-# locally with the kubelet stand-in). Steps: create a kind cluster (one control plane, two workers, the
+# End to end on a kind cluster with real pods and real kubelets, for machines with Docker and kind (the
+# development machines of this repository have no Docker engine; there, `npm test` runs the same files on a
+# real node of the machine, hack/node.sh). Steps: create a kind cluster (one control plane, two workers, the
 # host's /dev mounted so that loop devices and /dev/fuse work), build the image, load it, `helm install` the
-# chart, then run test/chart/chart-e2e.test.ts with LOOPSNAP_E2E_TARGET=cluster: pods mount the claims and
-# the kubelet calls NodeStage/NodePublish; everything else in the test is the same as locally.
+# chart, then run the real-node tests (test/node/) with LOOPSNAP_E2E_TARGET=cluster: the same files, with
+# the release `loopsnap` of this cluster instead of the local node's.
 #
 #   hack/kind-e2e.sh                    create or reuse the cluster, build, install, test, delete the cluster
 #   KEEP_CLUSTER=1 hack/kind-e2e.sh     leave the cluster (and the release) for a look afterwards
 #
 # Environment: KIND_CLUSTER (loopsnap-e2e), KIND_NODE_IMAGE (kind's default node image), IMAGE (loopsnap:e2e),
-# E2E_FILES (test/chart/chart-e2e.test.ts), LOOPSNAP_E2E_WORKLOAD_IMAGE (busybox:1.36, the pods' image).
+# E2E_FILES (test/node/: every real-node file), LOOPSNAP_E2E_WORKLOAD_IMAGE (busybox:1.36, the pods' image; the
+# tests use its sh, dd, head, sha256sum, strings, blockdev, ts and nsenter applets).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 KIND_CLUSTER="${KIND_CLUSTER:-loopsnap-e2e}"
 IMAGE="${IMAGE:-loopsnap:e2e}"
-E2E_FILES="${E2E_FILES:-test/chart/chart-e2e.test.ts}"
+E2E_FILES="${E2E_FILES:-test/node/}"
 log() { printf '[kind-e2e] %s\n' "$*" >&2; }
 die() { printf '[kind-e2e] error: %s\n' "$*" >&2; exit 1; }
 

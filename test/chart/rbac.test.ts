@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The chart's RBAC as rendered: no role grants a wildcard (or escalate/bind/impersonate, or non-resource
 // URLs) in any matrix case, and the node plugin gets nothing beyond its Leases. That these rules are also
-// enough is shown by chart-e2e.test.ts, which runs the components under them.
+// enough is shown by test/node/chart-e2e.test.ts, which runs the components under them.
 import { describe, expect, it } from 'vitest';
 import { find, type K8sObject, only, render } from './lib/helm.js';
 import { MATRIX } from './lib/matrix.js';

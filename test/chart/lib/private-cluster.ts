@@ -74,15 +74,15 @@ function kubectlRunner(kubeconfig: () => string): Pick<PrivateCluster, 'kubectl'
   };
 }
 
-/** kubectl helpers for any kubeconfig (an external cluster in e2e's cluster mode). */
-export function clusterFromKubeconfig(kubeconfigPath: string): PrivateCluster {
+/** kubectl helpers for a kubeconfig. */
+function clusterFromKubeconfig(kubeconfigPath: string): PrivateCluster {
   const kc = new KubeConfig();
   kc.loadFromFile(kubeconfigPath);
   return { kubeconfigPath, kc, ...kubectlRunner(() => kubeconfigPath) };
 }
 
 /** Starts a fresh private control plane (a crashed earlier run's leftovers are purged first). */
-export function startPrivateCluster(): RunningPrivateCluster {
+function startPrivateCluster(): RunningPrivateCluster {
   script('purge');
   const kubeconfig = script('up').split('\n').pop() ?? '';
   return {
