@@ -28,25 +28,14 @@ COMPONENTS=(kube-controller-manager kube-apiserver etcd)
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
 
-pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-pid_of() { cat "$RUN/$1.pid" 2>/dev/null || true; }
+# shellcheck source=lib/proc.sh
+source "$ROOT/hack/lib/proc.sh"
 
 port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 
 curl_api() {
   curl -fsS --max-time 3 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
     "https://127.0.0.1:$P_API$1"
-}
-
-wait_for() {
-  local what="$1" seconds="$2" pid="$3"; shift 3
-  local deadline=$(( $(date +%s) + seconds ))
-  until "$@" >/dev/null 2>&1; do
-    pid_alive "$pid" || die "$what exited during start-up; last log lines:
-$(tail -n 15 "$LOGS/$what.log" 2>/dev/null)"
-    [ "$(date +%s)" -lt "$deadline" ] || die "$what not ready after ${seconds}s (log: $LOGS/$what.log)"
-    sleep 0.2
-  done
 }
 
 # shellcheck source=lib/pki.sh
@@ -69,14 +58,6 @@ extendedKeyUsage=serverAuth"
 
 write_kubeconfig() { # file user-cert-name
   pki_kubeconfig "$1" "$2" "https://127.0.0.1:$P_API"
-}
-
-# Starts a component in its own session so that it outlives this script; its PID goes to run/<name>.pid.
-start_component() {
-  local name="$1"; shift
-  mkdir -p "$LOGS" "$RUN"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
-  echo $! > "$RUN/$name.pid"
 }
 
 up_etcd() {
@@ -145,20 +126,6 @@ cmd_up() {
   done
   log "control plane ready in $(( ($(date +%s%N) - start) / 1000000 )) ms"
   echo "$KUBECONFIG_OUT"
-}
-
-stop_component() {
-  local name="$1" pid deadline
-  pid="$(pid_of "$name")"
-  if pid_alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$(( $(date +%s) + 20 ))
-    while pid_alive "$pid" && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
-    if pid_alive "$pid"; then log "$name (pid $pid) ignored SIGTERM; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
-    while pid_alive "$pid"; do sleep 0.05; done
-    log "stopped $name (pid $pid)"
-  fi
-  rm -f "$RUN/$name.pid"
 }
 
 cmd_down() {

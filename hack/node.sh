@@ -46,46 +46,14 @@ FIXED_NETNS_DIR=/run/netns
 log() { printf '[node] %s\n' "$*" >&2; }
 die() { printf '[node] error: %s\n' "$*" >&2; exit 1; }
 
-pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-pid_of() { cat "$RUN/$1.pid" 2>/dev/null || true; }
 kubectl() { "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" "$@"; }
 crictl() { "$BIN/crictl" --runtime-endpoint "unix://$CONTAINERD_SOCK" --image-endpoint "unix://$CONTAINERD_SOCK" --timeout 30s "$@"; }
 api_ready() { curl -fsS --max-time 3 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "https://127.0.0.1:$P_API/readyz" >/dev/null 2>&1; }
 
 # shellcheck source=lib/pki.sh
 source "$ROOT/hack/lib/pki.sh"
-
-start_component() { # name command...
-  local name="$1"; shift
-  mkdir -p "$LOGS" "$RUN"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
-  echo $! > "$RUN/$name.pid"
-}
-
-wait_for() { # what seconds pid command...
-  local what="$1" seconds="$2" pid="$3"; shift 3
-  local deadline=$(( $(date +%s) + seconds ))
-  until "$@" >/dev/null 2>&1; do
-    pid_alive "$pid" || die "$what exited during start-up; last log lines:
-$(tail -n 15 "$LOGS/$what.log" 2>/dev/null)"
-    [ "$(date +%s)" -lt "$deadline" ] || die "$what not ready after ${seconds}s (log: $LOGS/$what.log)"
-    sleep 0.2
-  done
-}
-
-stop_component() { # name seconds
-  local name="$1" seconds="$2" pid deadline
-  pid="$(pid_of "$name")"
-  if pid_alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$(( $(date +%s) + seconds ))
-    while pid_alive "$pid" && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
-    if pid_alive "$pid"; then log "$name (pid $pid) ignored SIGTERM; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
-    while pid_alive "$pid"; do sleep 0.05; done
-    log "stopped $name (pid $pid)"
-  fi
-  rm -f "$RUN/$name.pid"
-}
+# shellcheck source=lib/proc.sh
+source "$ROOT/hack/lib/proc.sh"
 
 check_host() {
   local missing=()
