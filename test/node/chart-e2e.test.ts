@@ -146,6 +146,7 @@ describe('the chart end to end with real pods: RBAC, Leases, capacity, each snap
     handles.push(solo.volumeHandle);
     snapshot(c, 'image', 'solo', 'loopsnap-clone');
     waitSnapshotReady(c, 'image');
+    expect(get(c, 'volumesnapshot', 'image').status?.restoreSize).toBe('64Mi');
     const content = contentOf(c, 'image');
     expect(content.spec.volumeSnapshotClassName).toBe('loopsnap-clone');
     const handle = content.status?.snapshotHandle as string;
