@@ -11,9 +11,21 @@ import { getJson } from './objects.js';
 
 export type RecordKind = 'volumes' | 'snapshots' | 'operations';
 
+const stateDirs = new WeakMap<RealCluster, string>();
+
+/** The release's node.stateDir (read once per cluster: `helm get values` is slow to poll with). */
+export function stateDirOf(c: RealCluster): string {
+  let dir = stateDirs.get(c);
+  if (dir === undefined) {
+    dir = c.values().node.stateDir;
+    stateDirs.set(c, dir);
+  }
+  return dir;
+}
+
 /** The node plugin's records of one kind on `node`, as JSON objects. */
 export function recordsOnNode(c: RealCluster, node: string, kind: RecordKind): Array<Record<string, unknown>> {
-  const dir = `${c.values().node.stateDir}/csi/${kind}`;
+  const dir = `${stateDirOf(c)}/csi/${kind}`;
   const out = c.onNode(node, `for f in '${dir}'/*.json; do [ -f "$f" ] && { cat "$f"; echo '\x1e'; }; done; true`);
   return out
     .split('\x1e')
@@ -24,7 +36,7 @@ export function recordsOnNode(c: RealCluster, node: string, kind: RecordKind): A
 
 /** One record by id (file name), or undefined. */
 export function recordOnNode(c: RealCluster, node: string, kind: RecordKind, id: string) {
-  const file = `${c.values().node.stateDir}/csi/${kind}/${id}.json`;
+  const file = `${stateDirOf(c)}/csi/${kind}/${id}.json`;
   const out = c.onNode(node, `cat '${file}' 2>/dev/null || true`).trim();
   return out === '' ? undefined : (JSON.parse(out) as Record<string, unknown>);
 }
@@ -35,7 +47,7 @@ export function recordOnNode(c: RealCluster, node: string, kind: RecordKind, id:
  */
 export function leftoversOnNode(c: RealCluster, node: string, ids: readonly string[]): string[] {
   if (ids.length === 0) return [];
-  const stateDir = c.values().node.stateDir;
+  const stateDir = stateDirOf(c);
   const pattern = ids.map((id) => `-e '${id}'`).join(' ');
   const out = c.onNode(
     node,
@@ -56,19 +68,33 @@ function inspectorOn(c: RealCluster, node: string): string {
   return p.metadata.name;
 }
 
-/** onNode without waiting: resolves with stdout when the script ends, rejects when it fails. */
-export function onNodeAsync(c: RealCluster, node: string, script: string): Promise<string> {
+/** A script running on a node in the background (watchOnNode). */
+export interface NodeWatch {
+  /** Resolves when the script has printed its first line (it is set up and watching). */
+  readonly started: Promise<void>;
+  /** The script's stdout once it ends; rejects when it fails. */
+  readonly result: Promise<string>;
+}
+
+/** onNode without waiting for the end: the script says it is ready by printing a first line. */
+export function watchOnNode(c: RealCluster, node: string, script: string): NodeWatch {
   const inHost = ['sh', '-c', 'exec nsenter -t "$(pidof kubelet)" -m -- sh -c "$1"', 'on-node', script];
   const args = ['--kubeconfig', c.kubeconfigPath, '-n', c.namespace, 'exec', inspectorOn(c, node), '--', ...inHost];
-  return new Promise((resolve, reject) => {
+  let out = '';
+  let err = '';
+  let signal: (() => void) | undefined;
+  const started = new Promise<void>((resolve) => (signal = resolve));
+  const result = new Promise<string>((resolve, reject) => {
     const p = spawn(toolBin('kubectl'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    p.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) signal?.();
+    });
     p.stderr.on('data', (d: Buffer) => (err += d.toString()));
     p.on('error', reject);
     p.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`on ${node}: ${err.trim() || code}`))));
   });
+  return { started: Promise.race([started, result.then(() => undefined)]), result };
 }
 
 export interface ReleaseContainer {

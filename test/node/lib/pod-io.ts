@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Data in and out of a pod's volume with kubectl exec and busybox only: checksummed files under /data, ranges
-// of a raw block device (DEVICE) written from /dev/urandom or from bytes the test sends, checksums of ranges
-// and bytes read back. Block writes are O_DIRECT with an fsync, so they are on the device when the call returns.
+// of a raw block device (DEVICE) written from /dev/urandom, checksums of ranges and bytes read back. Block writes are O_DIRECT with an fsync, so they are on the device when the call returns.
 import { execFileSync } from 'node:child_process';
 import { toolBin } from '../../support/cluster.js';
 import type { RealCluster } from '../../support/real-node.js';
@@ -54,24 +53,17 @@ sha256sum < /tmp/chunk; rm /tmp/chunk`;
   return exec(c, pod, script).trim().split(/\s+/)[0]!;
 }
 
-/** Writes `data` at `offset` of the pod's device. */
-export function writeBytesAt(c: RealCluster, pod: string, offset: number, data: Buffer): void {
-  execBytes(
-    c,
-    pod,
-    `dd of=${DEVICE} bs=1M seek=${offset} iflag=fullblock oflag=seek_bytes conv=notrunc,fsync 2>/dev/null`,
-    data,
-  );
-}
-
-/** sha256 of `length` bytes at `offset` of the pod's device, read through the page cache as a program would. */
-export function sumAt(c: RealCluster, pod: string, offset: number, length: number): string {
-  const script = `dd if=${DEVICE} bs=1M skip=${offset} count=${length} iflag=skip_bytes,count_bytes 2>/dev/null | sha256sum`;
+/**
+ * sha256 of `length` bytes at `offset` of the pod's device (or of another file of the pod), read through the
+ * page cache as a program would.
+ */
+export function sumAt(c: RealCluster, pod: string, offset: number, length: number, path = DEVICE): string {
+  const script = `dd if=${path} bs=1M skip=${offset} count=${length} iflag=skip_bytes,count_bytes 2>/dev/null | sha256sum`;
   return exec(c, pod, script).trim().split(/\s+/)[0]!;
 }
 
-export function readBytesAt(c: RealCluster, pod: string, offset: number, length: number): Buffer {
-  const script = `dd if=${DEVICE} bs=1M skip=${offset} count=${length} iflag=skip_bytes,count_bytes 2>/dev/null`;
+export function readBytesAt(c: RealCluster, pod: string, offset: number, length: number, path = DEVICE): Buffer {
+  const script = `dd if=${path} bs=1M skip=${offset} count=${length} iflag=skip_bytes,count_bytes 2>/dev/null`;
   return execBytes(c, pod, script);
 }
 
