@@ -6,8 +6,10 @@
 // RecoverVolumeExpansionFailure (pkg/volume/util/operationexecutor/node_expander.go, pkg/volume/util/
 // resize_util.go): NodeExpandVolume only for a claim whose status says NodeResizePending (or
 // NodeResizeInProgress), at mount time and online (finishExpansion), then the claim's status as kubelet writes
-// it. What it does not reproduce: kubelet's own timing (it notices a grown PV when it resyncs the pod, up to
-// about a minute later; here the test calls finishExpansion), and RWX volumes expanded on several nodes.
+// it (a FAILED_PRECONDITION too is marked NodeResizeError, then no more online attempts while mounted). What it
+// does not reproduce: kubelet's own timing (it notices a grown PV when it resyncs the pod, up to about a minute
+// later; here the test calls finishExpansion), RWX volumes expanded on several nodes, and everything else a
+// real kubelet does (registration, its paths, fsGroup, volume stats, Secrets' ownership: docs/adr/0010).
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { KubeRest } from '../../common/src/kube-rest.js';
@@ -85,6 +87,14 @@ interface MountState {
   inUseError: boolean;
 }
 
+/**
+ * For multi-node scenarios only: this machine runs one real kubelet (its paths are fixed), so a test that needs
+ * two or more nodes runs node plugins as processes and lets this stand in for their kubelets; everything one
+ * node can do runs with real pods on the real node (test/node/). Used through LoopsnapEnv by
+ * test/controller/e2e.test.ts (placement on the selected node of two, cross-node refusal, capacity per node)
+ * and test/controller/faults.test.ts (two controller replicas, one node's plugin down while another serves),
+ * and by bench/ (node.ts compares the real node with it; controller.ts and restore.ts).
+ */
 export class KubeletStandIn {
   private readonly mounted = new Map<string, Mounted>();
   private readonly states = new Map<string, MountState>();
@@ -294,11 +304,8 @@ export class KubeletStandIn {
     } catch (err) {
       const e = err as { code?: number; details?: string; message: string };
       const message = e.details ?? e.message;
-      if (e.code === FAILED_PRECONDITION) {
-        state.inUseError = true;
-        return { outcome: 'in-use', message };
-      }
       if (e.code === undefined || NOT_FINAL.has(e.code)) throw err;
+      // Every final error, FAILED_PRECONDITION included, is marked NodeResizeError (MarkNodeExpansionFailedCondition).
       const infeasible = INFEASIBLE.has(e.code);
       const conditions = [
         ...(inProgress.status?.conditions ?? []).filter((c) => c.type !== 'NodeResizeError'),
@@ -314,6 +321,11 @@ export class KubeletStandIn {
         { conditions, ...(infeasible ? { allocatedResourceStatuses: { storage: 'NodeResizeInfeasible' } } : {}) },
         false,
       );
+      if (e.code === FAILED_PRECONDITION) {
+        // MarkForInUseExpansionError: no more online attempts while mounted; the mount itself does not fail.
+        state.inUseError = true;
+        return { outcome: 'in-use', message };
+      }
       return { outcome: 'failed', infeasible, message };
     }
     await patch(inProgress, {

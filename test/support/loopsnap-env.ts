@@ -35,6 +35,12 @@ interface NodeSlot {
   readonly port: number;
 }
 
+/**
+ * For multi-node scenarios only (several node plugins as processes, each its own "node", with the kubelet
+ * stand-in): what one node can do runs with the chart's pods on the real node (test/node/, useRealCluster).
+ * Users: test/controller/e2e.test.ts and faults.test.ts (each test says why it needs two nodes or two
+ * controller hosts), and bench/controller.ts, bench/restore.ts, bench/node.ts.
+ */
 export class LoopsnapEnv {
   readonly plugins = new Map<string, NodePlugin>();
   readonly controllers: ControllerProcess[] = [];
