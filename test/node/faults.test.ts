@@ -8,13 +8,11 @@ import { isRoot } from '../csi/plugin.js';
 import { realTarget, RELEASE_NS, useRealCluster } from '../support/real-node.js';
 import { restartApiServer } from './lib/api-server.js';
 import { recordsOnNode, releaseContainer, stateDirOf, waitRestarted, watchOnNode } from './lib/node-host.js';
-import { volumeOf } from './lib/objects.js';
+import { fromSnapshot, volumeOf } from './lib/objects.js';
 import { fileSums, writeFiles } from './lib/pod-io.js';
 import { startPod, stopPod } from './lib/pods.js';
 import { waitReleaseReady } from './lib/release.js';
 import { apply, claim, snapshot, waitSnapshotReady } from './lib/workloads.js';
-
-const fromSnapshot = (name: string) => ({ kind: 'VolumeSnapshot', name, apiGroup: 'snapshot.storage.k8s.io' });
 
 /**
  * On the node: finds the processes of the container, says "watching", then polls the plugin's snapshot records

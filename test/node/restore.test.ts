@@ -24,6 +24,7 @@ import {
   deleteVolumesAndSnapshots,
   eventsOf,
   find,
+  fromSnapshot,
   getJson,
   type Obj,
   volumeOf,
@@ -37,7 +38,6 @@ import { apply, claim, DEVICE, exec, snapshot, waitSnapshotReady } from './lib/w
 
 const EXAMPLES = join(REPO_ROOT, 'examples');
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-const fromSnapshot = (name: string) => ({ kind: 'VolumeSnapshot', name, apiGroup: 'snapshot.storage.k8s.io' });
 const CHUNK = 32 * MiB;
 
 describe('VolumeRestore / VolumeRefresh with real pods', () => {

@@ -12,14 +12,13 @@ import { REPO_ROOT } from '../support/paths.js';
 import { realTarget, useRealCluster } from '../support/real-node.js';
 import { waitFor } from '../support/wait.js';
 import { recordOnNode } from './lib/node-host.js';
-import { contentOf, get, volumeOf, waitBound, waitEvent, waitGone } from './lib/objects.js';
+import { contentOf, fromSnapshot, get, volumeOf, waitBound, waitEvent, waitGone } from './lib/objects.js';
 import { fileSums, writeFiles } from './lib/pod-io.js';
 import { startPod, stopPod } from './lib/pods.js';
 import { componentMetrics, metricValue } from './lib/release.js';
 import { apply, claim, snapshot, waitSnapshotReady } from './lib/workloads.js';
 
 const EXAMPLES = join(REPO_ROOT, 'examples');
-const fromSnapshot = (name: string) => ({ kind: 'VolumeSnapshot', name, apiGroup: 'snapshot.storage.k8s.io' });
 
 describe('snapshots and claims through their life, with real pods', () => {
   if (realTarget() === 'local' && !isRoot) {

@@ -126,6 +126,9 @@ export function volumeOf(c: RealCluster, claim: string): { pvName: string; volum
   return { pvName, volumeHandle: pv.spec.csi.volumeHandle as string, node };
 }
 
+/** A claim's dataSource naming a VolumeSnapshot of its namespace. */
+export const fromSnapshot = (name: string) => ({ kind: 'VolumeSnapshot', name, apiGroup: 'snapshot.storage.k8s.io' });
+
 /** Merge-patches a claim's requested size. */
 export function resizeClaim(c: RealCluster, claim: string, size: string): void {
   c.kubectl([

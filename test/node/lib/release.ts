@@ -94,17 +94,8 @@ export function componentMetrics(c: RealCluster, component: 'node' | 'controller
   const values = c.values() as unknown as { controller: { metricsPort: number }; node: { metricsPort: number } };
   let pod: string | undefined;
   if (component === 'controller') {
-    pod = c
-      .kubectl([
-        '-n',
-        RELEASE_NS,
-        'get',
-        'lease',
-        'loopsnap-controller-leader',
-        '-o',
-        'jsonpath={.spec.holderIdentity}',
-      ])
-      .trim();
+    type Lease = { spec: { holderIdentity?: string } };
+    pod = getJson<Lease>(c, ['-n', RELEASE_NS, 'lease', 'loopsnap-controller-leader']).spec.holderIdentity;
   } else {
     pod = componentPods(c, 'node').find((p) => node === undefined || p.spec.nodeName === node)?.metadata.name;
   }
