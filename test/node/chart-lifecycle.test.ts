@@ -7,8 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { isRoot } from '../csi/plugin.js';
-import { CHART_DIR, realTarget, RELEASE, RELEASE_NS, useRealCluster } from '../support/real-node.js';
+import { CHART_DIR, realNodeUsable, RELEASE, RELEASE_NS, useRealCluster } from '../support/real-node.js';
 import { waitFor } from '../support/wait.js';
 import {
   apply,
@@ -24,12 +23,7 @@ import {
 } from './lib/workloads.js';
 
 describe('helm upgrade and uninstall with real pods', () => {
-  if (realTarget() === 'local' && !isRoot) {
-    it('needs root to run a kubelet on this machine', () => {
-      expect.fail('the real-node tests need root (run npm test as root)');
-    });
-    return;
-  }
+  if (!realNodeUsable()) return;
   const c = useRealCluster('chart');
   const fileCount = (p: string): number => Number(exec(c, p, 'wc -l < /data/w/sums').trim());
   const generation = (kind: string, name: string): string =>

