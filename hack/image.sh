@@ -628,6 +628,8 @@ cmd_selftest() {
   ref_l="$(cat "$OUT/loopsnap.ref")" ref_p="$(cat "$OUT/pause.ref")" ref_b="$(cat "$OUT/busybox.ref")"
   ST_DIR="$(mktemp -d /tmp/loopsnap-image-test.XXXXXX)"
   CLEANUPS+=(selftest_down)
+  # containerd 1.6 puts shim sockets in /run/containerd/s whatever its state dir: remove what it creates.
+  [ -d /run/containerd ] || CLEANUPS+=("rm -rf /run/containerd")
   sock="$ST_DIR/containerd.sock"
   cat > "$ST_DIR/config.toml" <<EOF
 version = 2

@@ -396,6 +396,8 @@ cmd_down() {
   rmdir "$FIXED_LOG_LINKS" 2>/dev/null || true
   if [ -f "$RUN/created-kubelet-dir" ]; then rm -rf "$FIXED_KUBELET_DIR"; rm -f "$RUN/created-kubelet-dir"; fi
   if [ -f "$RUN/created-shim-dir" ]; then rm -rf "$FIXED_SHIM_DIR"; rm -f "$RUN/created-shim-dir"; fi
+  # Our shims are gone: an empty shim directory left from before is removed too (rmdir keeps others' sockets).
+  rmdir "$FIXED_SHIM_DIR/s" "$FIXED_SHIM_DIR" 2>/dev/null || true
   if [ -f "$RUN/created-netns-dir" ]; then rmdir "$FIXED_NETNS_DIR" 2>/dev/null || true; rm -f "$RUN/created-netns-dir"; fi
   # Pods of this node are gone with it; its IP leases too.
   rm -rf "$NODE_DIR/cni/ipam" "$KUBELET_DIR/pods" "$NODE_DIR/containerd/state" "$NODE_DIR/pod-logs"

@@ -61,6 +61,11 @@ until "$BIN/kubectl" get csinode "$node_name" -o jsonpath='{.spec.drivers[*].nam
   [ "$(date +%s)" -lt "$deadline" ] || die "the node plugin did not register with the kubelet (kubectl -n $RELEASE_NS logs ds/loopsnap-node)"
   sleep 0.5
 done
+# helm --wait counts a one-replica rollout with maxUnavailable 1 as done: wait for the pods themselves.
+"$BIN/kubectl" -n "$RELEASE_NS" rollout status deployment/loopsnap-controller --timeout=180s >/dev/null \
+  || die "the controller did not become ready (kubectl -n $RELEASE_NS logs deploy/loopsnap-controller)"
+"$BIN/kubectl" -n "$RELEASE_NS" rollout status daemonset/loopsnap-node --timeout=180s >/dev/null \
+  || die "the node plugin did not become ready (kubectl -n $RELEASE_NS logs ds/loopsnap-node)"
 log "ready in $(( $(date +%s) - t0 )) s"
 
 cat >&2 <<EOF
