@@ -13,7 +13,7 @@
 // (privileged, host PID namespace; commands run with nsenter in the mount namespace of the node's kubelet) in both
 // targets, so both check the same things.
 import { execFileSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
@@ -361,12 +361,35 @@ export async function bringUpLocal(): Promise<string> {
   return kubeconfig;
 }
 
+/** Where teardown keeps the node's logs of the last run (CI prints the tail of failures; these explain them). */
+export const NODE_LOG_DIR = join(REPO_ROOT, '.loopsnap', 'test-logs', 'node-cluster');
+
+/**
+ * Copies the component logs (kubelet, containerd, scheduler, control plane), the pods' logs (node plugin,
+ * controller, test pods) and, when the API answers, every Event, to NODE_LOG_DIR before teardown removes them.
+ */
+function saveLogs(dir: string, kubeconfig: string | undefined): void {
+  rmSync(NODE_LOG_DIR, { recursive: true, force: true });
+  mkdirSync(NODE_LOG_DIR, { recursive: true });
+  for (const [from, to] of [
+    [join(dir, 'logs'), 'components'],
+    [join(dir, 'node', 'pod-logs'), 'pods'],
+  ] as const) {
+    if (existsSync(from)) cpSync(from, join(NODE_LOG_DIR, to), { recursive: true, dereference: true });
+  }
+  if (kubeconfig) {
+    const events = run(toolBin('kubectl'), ['--kubeconfig', kubeconfig, 'get', 'events', '-A', '-o', 'wide']);
+    writeFileSync(join(NODE_LOG_DIR, 'events.txt'), events.stdout + events.stderr);
+  }
+}
+
 /** Global teardown of the local target: workloads, chart, node, control plane (no-op when never started). */
 export function teardownLocal(): void {
   const env = nodeClusterEnv();
   const dir = env.LOOPSNAP_CLUSTER_DIR ?? '';
   const kubeconfig = join(dir, 'kubeconfig');
   const up = run(CLUSTER_SCRIPT, ['status'], { env, timeoutMs: 30_000 }).code === 0;
+  saveLogs(dir, up ? kubeconfig : undefined);
   if (up) {
     // The kubelet tears the pods' volumes down while the node plugin still runs.
     execFileSync(NODE_SCRIPT, ['drain'], { env, stdio: ['ignore', 'ignore', 'inherit'], timeout: 600_000 });
