@@ -20,13 +20,17 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 run_suite lint npm run --silent lint
-run_suite vitest npx vitest run "$@"
+report="$ROOT/.loopsnap/test-logs/vitest-report.json"
+mkdir -p "$(dirname "$report")" && rm -f "$report"
+run_suite vitest npx vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@"
 for s in "$ROOT"/hack/suites/*.sh; do
   [ -e "$s" ] || continue
   run_suite "$(basename "$s" .sh)" "$s"
 done
 
 echo
+# Last lines of the output name every failed test: CI shows only the tail.
+node "$ROOT/hack/vitest-digest.mjs" "$report"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED suites: ${failed[*]}"
   exit 1
