@@ -17,9 +17,10 @@ try {
   console.log(`vitest digest: no report at ${path} (${err.message.split('\n')[0]})`);
   process.exit(0);
 }
+const ansiColour = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, 'g');
 const firstLine = (s) =>
   String(s ?? '')
-    .replace(/\x1b\[[0-9;]*m/g, '')
+    .replace(ansiColour, '')
     .split('\n')
     .find((l) => l.trim() !== '')
     ?.trim()
