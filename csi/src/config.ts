@@ -11,6 +11,8 @@ export interface Config {
   readonly tlsKeyFile: string;
   readonly tlsClientCaFile: string;
   readonly insecureTcp: boolean;
+  /** Run as the keeper (csi/src/keeper/) that holds the FUSE connection and runs the server as a child. */
+  readonly keeper: boolean;
   readonly nodeId: string;
   readonly driverName: string;
   readonly stateDir: string;
@@ -75,6 +77,12 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     kind: 'bool',
     def: false,
     help: 'serve --tcp-endpoint without TLS (local development only)',
+  },
+  keeper: {
+    key: 'keeper',
+    kind: 'bool',
+    def: false,
+    help: 'run a keeper process that holds the data path across restarts and upgrades of the server (the chart sets it)',
   },
   'node-id': { key: 'nodeId', kind: 'string', def: '', help: "this node's name (required; the Kubernetes node name)" },
   'driver-name': { key: 'driverName', kind: 'string', def: 'csi.loopsnap.dev', help: 'CSI driver name' },

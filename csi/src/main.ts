@@ -6,7 +6,12 @@
 //   in-place restore and refresh, resumed here before serving); serve metrics;
 //   register in the node registry Lease when Kubernetes access is configured; once serving, serve the kubelet
 //   plugin registration (--kubelet-registration-socket) so that the kubelet finds the CSI socket.
-//   stop (SIGTERM/SIGINT): remove the kubelet registration socket (the kubelet deregisters the driver), refuse
+//   Under the keeper (csi/src/keeper/, env LOOPSNAP_KEEPER_CHANNEL_FD and a Node IPC channel): wait for the
+//   keeper's `start` message first; `adopt` comes with the /dev/fuse descriptor of the predecessor's live
+//   connection, which the data path takes over (no mount, loop device or record is touched); after a fresh
+//   mount the new descriptor goes up to the keeper. On `release` (a successor takes over) or SIGTERM: stop
+//   serving gRPC, then hand the data path over (backend.release: flush + close, connection kept) and exit 0.
+//   stop without a keeper (SIGTERM/SIGINT): remove the kubelet registration socket (the kubelet deregisters the driver), refuse
 //   new calls, let calls in flight finish (--shutdown-grace-seconds), release the Lease, unpublish/unstage
 //   what is still staged (pods lose their volumes with the plugin anyway; this way no loop device outlives
 //   it), close the engine volumes (flush + checkpoint) and unmount FUSE.
@@ -39,6 +44,12 @@ import { registrationService } from './kubelet-registration/proto.js';
 import { KubeletRegistration } from './kubelet-registration/registration.js';
 import { CsiMetrics, KubeletRegistrationMetrics, startHttpEndpoint } from './metrics.js';
 import { type NodeLeaseHandle, startNodeLease } from './registry/node-lease.js';
+import { Keeper } from './keeper/keeper.js';
+import { KeeperLink } from './keeper/keeper-link.js';
+import { KEEPER_CHANNEL_ENV } from './keeper/keeper-protocol.js';
+
+/** How long calls in flight may take before a handover cuts them off (the kubelet retries them). */
+const HANDOVER_GRPC_GRACE_MS = 5_000;
 
 async function packageVersion(): Promise<string> {
   const here = fileURLToPath(new URL('.', import.meta.url));
@@ -63,15 +74,18 @@ interface Running {
   kubeletRegistration?: KubeletRegistration;
 }
 
-async function start(config: Config, log: Logger): Promise<Running> {
+async function start(config: Config, log: Logger, keeper: KeeperLink | undefined): Promise<Running> {
   // A missing gen/proto copy fails here, before anything on the node is touched.
   if (config.kubeletRegistrationSocket !== '') registrationService();
   const version = await packageVersion();
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   let serving = false;
+  // Before anything of the state dir is read: the keeper says when the predecessor has let go of it.
+  const startup = keeper ? await keeper.startup() : undefined;
   const state = await DriverState.load(config.stateDir, log);
   const backend = await EngineBackend.start({
+    ...(startup?.fuseFd === undefined ? {} : { inheritedFuseFd: startup.fuseFd }),
     stateDir: config.stateDir,
     log,
     blockSizeBytes: config.blockSizeBytes,
@@ -112,7 +126,11 @@ async function start(config: Config, log: Logger): Promise<Running> {
     );
     // Record updates of background jobs (image ready, volume hydrated) from now on; recovery catches up.
     watchBackgroundJobs(driver);
-    await recoverState(driver, backend.storedVolumeIds());
+    if (keeper && !backend.adopted) keeper.storeConnection(backend.fuseDevice);
+    const recovered = await recoverState(driver, backend.storedVolumeIds());
+    if (backend.adopted) {
+      log.info({ volumes: recovered.volumesKeptStaged }, 'Took over the data path of the previous process');
+    }
     const snapshots = new SnapshotService(driver);
     // In-place restore and refresh (loopsnap.v1.NodeAgent): unfinished operations take their locks again
     // before anything is served, then resume in the background.
@@ -206,14 +224,44 @@ async function start(config: Config, log: Logger): Promise<Running> {
       });
     }
     log.info(
-      { endpoint: config.endpoint, tcpEndpoint: config.tcpEndpoint, tcpPort, nodeId: config.nodeId, version },
+      {
+        endpoint: config.endpoint,
+        tcpEndpoint: config.tcpEndpoint,
+        tcpPort,
+        nodeId: config.nodeId,
+        version,
+        pid: process.pid,
+        adopted: backend.adopted,
+      },
       'Started node plugin',
     );
     return running;
   } catch (err) {
-    await stop(running).catch((e: unknown) => log.error({ err: e }, 'Failed to stop after a failed start'));
+    // Under a keeper the data path must survive a failed start: release it for the next attempt.
+    await (keeper ? release(running) : stop(running)).catch((e: unknown) =>
+      log.error({ err: e }, 'Failed to stop after a failed start'),
+    );
     throw err;
   }
+}
+
+/**
+ * Hands everything over to a successor (or to the next start after SIGTERM under the keeper): gRPC first
+ * (I/O keeps flowing while calls in flight finish), then the data path (backend.release: requests wait in
+ * the kernel from here on). Mounts, loop devices, views and stage/publish records stay; the Lease is left
+ * for the successor to renew.
+ */
+async function release(r: Running): Promise<void> {
+  await r.kubeletRegistration?.stop().catch(() => undefined);
+  r.setServing(false);
+  const graceMs = Math.min(r.config.shutdownGraceSeconds * 1000, HANDOVER_GRPC_GRACE_MS);
+  await Promise.all(r.servers.map((s) => shutdown(s, graceMs)));
+  await r.lease?.stop({ release: false }).catch(() => undefined);
+  await new Promise<void>((resolve) => (r.http ? r.http.close(() => resolve()) : resolve()));
+  r.http?.closeAllConnections?.();
+  await r.agent?.stop();
+  await r.backend.release();
+  r.log.info('Released node plugin for a successor');
 }
 
 async function stop(r: Running): Promise<void> {
@@ -247,9 +295,29 @@ async function main(argv: readonly string[]): Promise<void> {
     return;
   }
   const log = createLogger({ component: 'csi-node', level: config.logLevel });
+  if (config.keeper && process.env[KEEPER_CHANNEL_ENV] === undefined) {
+    // This process becomes the keeper; the server is the same command, told apart by the channel variable.
+    const script = fileURLToPath(import.meta.url);
+    const keeperProcess = new Keeper({
+      stateDir: config.stateDir,
+      command: [process.execPath, ...process.execArgv, script, ...argv],
+      log,
+    });
+    keeperProcess.run().then(
+      (code) => process.exit(code),
+      (err: unknown) => {
+        log.fatal({ err }, 'Keeper failed');
+        process.stderr.write(`loopsnap-node keeper: ${(err as Error).message}\n`);
+        process.exit(1);
+      },
+    );
+    return;
+  }
+  const keeper = KeeperLink.fromEnv(process.env, log);
   let running: Running;
   try {
-    running = await start(config, log);
+    running = await start(config, log, keeper);
+    keeper?.serving();
   } catch (err) {
     log.fatal({ err }, 'Failed to start node plugin');
     process.stderr.write(`loopsnap-node: ${(err as Error).message}\n`);
@@ -257,11 +325,15 @@ async function main(argv: readonly string[]): Promise<void> {
     return;
   }
   let stopping = false;
-  const onSignal = (signal: NodeJS.Signals): void => {
+  const onSignal = (signal: NodeJS.Signals | 'release'): void => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'Stopping node plugin');
-    stop(running).then(
+    log.info({ signal }, keeper ? 'Releasing node plugin' : 'Stopping node plugin');
+    // After a release the data-path workers sit in read(2) on /dev/fuse, which no exit() can join: the
+    // process ends itself with SIGKILL (everything is flushed and closed by then; requests the workers had
+    // read stay in the kernel for the successor).
+    const finish = (): Promise<void> => release(running).then(() => keeper!.released());
+    (keeper ? finish().then(() => process.kill(process.pid, 'SIGKILL')) : stop(running)).then(
       () => process.exit(0),
       (err: unknown) => {
         log.error({ err }, 'Failed to stop cleanly');
@@ -271,6 +343,7 @@ async function main(argv: readonly string[]): Promise<void> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  keeper?.onRelease(() => onSignal('release'));
 }
 
 void main(process.argv.slice(2));

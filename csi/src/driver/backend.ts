@@ -67,6 +67,11 @@ export type ImageState = Progress & { readonly state: 'absent' | 'copying' | 're
 
 export interface VolumeBackend {
   readonly features: BackendFeatures;
+  /**
+   * True when this process took over the live data path of a predecessor (csi/src/keeper/): loop devices,
+   * mounts and the stage/publish records of the previous process still hold.
+   */
+  readonly adopted: boolean;
   /** Block size of new volumes; capacities are multiples of it. */
   readonly blockSizeBytes: number;
 

@@ -59,6 +59,8 @@ export interface EngineBackendOptions {
   readonly directIo?: boolean;
   /** Total rate of background copies (restore, clone images, hydration); default 256 MiB/s, 0 = unlimited. */
   readonly backgroundRateBytesPerSecond?: number;
+  /** The predecessor's /dev/fuse descriptor (from the keeper): its connection is adopted when it can be. */
+  readonly inheritedFuseFd?: number;
 }
 
 /** File stores for the engine volumes: `<stateDir>/volumes/` and `<stateDir>/clones/`. */
@@ -108,6 +110,7 @@ export class EngineBackend implements VolumeBackend {
       workers: opts.workers,
       ...(opts.registry === undefined ? {} : { registry: opts.registry }),
       ...(opts.directIo === undefined ? {} : { directIo: opts.directIo }),
+      ...(opts.inheritedFuseFd === undefined ? {} : { inheritedFuseFd: opts.inheritedFuseFd }),
     });
     let engine: EngineVolumes | undefined;
     try {
@@ -124,12 +127,54 @@ export class EngineBackend implements VolumeBackend {
       await engine.start();
     } catch (err) {
       await engine?.close().catch(() => undefined);
-      await datapath.stop({ force: true }).catch(() => undefined);
+      // An adopted connection is left to the keeper: stopping it would cut off every pod's volume.
+      if (!datapath.adopted) await datapath.stop({ force: true }).catch(() => undefined);
       throw err;
     }
     const backend = new EngineBackend(opts, engine, datapath, log);
+    if (datapath.adopted) {
+      for (const volumeId of datapath.adoptedViews()) {
+        if (engine.backing(volumeId) === undefined) continue;
+        try {
+          backend.expose(volumeId);
+        } catch (err) {
+          log.error({ err, volumeId }, 'Failed to expose the view of an adopted volume again');
+        }
+      }
+      await datapath.resume();
+      // A view without a loop device was mid-stage or mid-unstage: the kubelet repeats that call.
+      for (const volumeId of datapath.views()) {
+        if ((await datapath.loopsOf(volumeId)).length > 0) continue;
+        await datapath.unexpose(volumeId).catch((err: unknown) => log.warn({ err, volumeId }, 'Failed to unexpose'));
+      }
+    }
     log.info({ volumes: engine.openVolumes().length, cleanup: datapath.cleanup }, 'Started storage backend');
     return backend;
+  }
+
+  /** True when the data path took over a predecessor's connection: stages and publishes are still live. */
+  get adopted(): boolean {
+    return this.datapath.adopted;
+  }
+
+  /** The /dev/fuse descriptor of the data path's connection (handed to the keeper). */
+  get fuseDevice(): { fd: number; connectionId: number } {
+    return { fd: this.datapath.fuseDevice, connectionId: this.datapath.connectionId };
+  }
+
+  /**
+   * Hands the data path over to a successor process: background jobs stop (the successor resumes them),
+   * the FUSE server stops serving without ending its connection (requests wait in the kernel), then every
+   * engine volume is flushed and closed (checkpointed), so the successor opens them without journal replay.
+   * Mounts, loop devices and views stay. The process must exit afterwards.
+   */
+  async release(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.engine.scheduler.close();
+    await this.datapath.release();
+    const errors = await this.engine.close();
+    if (errors.length > 0) throw new AggregateError(errors, 'closing the engine volumes for a handover failed');
   }
 
   /** Engine volume ids present on disk that are neither retired nor hydration targets. */
@@ -321,6 +366,7 @@ export class EngineBackend implements VolumeBackend {
   }
 
   private expose(volumeId: string): void {
+    if (this.datapath.views().includes(volumeId)) return;
     const kind = this.engine.backing(volumeId);
     if (kind === 'hydrating') {
       const view = this.engine.hydrateView(volumeId)!;

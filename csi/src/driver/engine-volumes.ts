@@ -112,14 +112,21 @@ export class EngineVolumes {
 
   /** Opens every stored engine volume and image, finds the RW clones, and resumes unfinished jobs. */
   async start(): Promise<void> {
+    // Opened in parallel (a takeover waits for all of them), kept in listing order.
     for (const store of ['volumes', 'images'] as const) {
-      for (const id of this.factory.list(store)) {
-        try {
-          this.vols[store].set(id, await this.factory.open(store, id));
-        } catch (err) {
-          this.log.error({ err, store, id }, 'Failed to open an engine volume; leaving it alone');
-        }
-      }
+      const ids = this.factory.list(store);
+      const opened = await Promise.all(
+        ids.map((id) =>
+          this.factory.open(store, id).catch((err: unknown) => {
+            this.log.error({ err, store, id }, 'Failed to open an engine volume; leaving it alone');
+            return undefined;
+          }),
+        ),
+      );
+      ids.forEach((id, i) => {
+        const v = opened[i];
+        if (v !== undefined) this.vols[store].set(id, v);
+      });
     }
     for (const store of ['volumes', 'images'] as const) {
       for (const [id, vol] of this.vols[store]) {
@@ -635,13 +642,16 @@ export class EngineVolumes {
   async close(): Promise<unknown[]> {
     await this.scheduler.close();
     const errors: unknown[] = [];
+    // In parallel: a handover pauses pods' I/O for as long as this takes, whatever the number of volumes.
     for (const store of ['volumes', 'images'] as const) {
-      for (const [id, v] of this.vols[store]) {
-        await v.close().catch((err: unknown) => {
-          errors.push(err);
-          this.log.error({ err, store, id }, 'Failed to close engine volume');
-        });
-      }
+      await Promise.all(
+        [...this.vols[store]].map(([id, v]) =>
+          v.close().catch((err: unknown) => {
+            errors.push(err);
+            this.log.error({ err, store, id }, 'Failed to close engine volume');
+          }),
+        ),
+      );
       this.vols[store].clear();
     }
     return errors;

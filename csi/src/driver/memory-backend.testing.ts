@@ -69,6 +69,7 @@ const immediate = <T>(fn: () => Promise<T>) => fn();
 
 export class MemoryBackend implements VolumeBackend {
   readonly features: BackendFeatures = { rwClones: true, cloneImages: true, onlineResize: true };
+  readonly adopted = false;
   readonly blockSizeBytes = 4096;
   readonly engine: EngineVolumes;
   private readonly faults = new Set<string>();

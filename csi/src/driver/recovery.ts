@@ -2,9 +2,12 @@
 // Start-up reconciliation of driver records with the engine, after a crash or kill -9 (records.ts phases):
 //   volume   creating -> roll back (delete the engine volume if it was made, drop the record)
 //            deleting -> finish the delete
-//            ready    -> stage/publish state is cleared: the data path of the previous process is gone
-//                        (Datapath.start removed its loop devices and every mount of them; binds of block
-//                        device nodes are unmounted here), so the CO must stage and publish again
+//            ready    -> when the data path was adopted (the keeper kept the FUSE connection, csi/src/keeper/)
+//                        and the volume's loop device is still attached, its stage/publish records stand:
+//                        the pods never noticed, and NodeStage/NodePublish repeated by the CO are idempotent.
+//                        Otherwise stage/publish state is cleared: the data path of the previous process is
+//                        gone (Datapath.start removed its loop devices and every mount of them; binds of
+//                        block device nodes are unmounted here), so the CO must stage and publish again
 //   snapshot creating -> roll forward when the source volume holds an engine snapshot tagged with the id
 //                        (the cut completed), else drop the record
 //            deleting -> finish the delete
@@ -14,6 +17,7 @@
 // origin `copy`, a thin clone created with `hydrate: "true"` whose hydration never started starts it, a
 // clone-method snapshot whose image is complete becomes readyToUse.
 // Engine volumes without a record are reported, never deleted (they may be someone's data).
+import { thawFs } from '../mount/freeze.js';
 import { unmount } from '../mount/mounts.js';
 import type { SnapshotRecord } from '../state/records.js';
 import { HIDDEN_CLONE_TAG_PREFIX } from './backend.js';
@@ -25,6 +29,8 @@ export interface RecoveryReport {
   readonly volumesRolledBack: string[];
   readonly volumesDeleted: string[];
   readonly volumesUnstaged: string[];
+  /** Staged or published volumes whose data path survived the restart (adopted connection). */
+  readonly volumesKeptStaged: string[];
   readonly volumesMissingInEngine: string[];
   readonly snapshotsCompleted: string[];
   readonly snapshotsDropped: string[];
@@ -41,6 +47,7 @@ export async function recoverState(d: DriverContext, storedVolumeIds: readonly s
     volumesRolledBack: [] as string[],
     volumesDeleted: [] as string[],
     volumesUnstaged: [] as string[],
+    volumesKeptStaged: [] as string[],
     volumesMissingInEngine: [] as string[],
     snapshotsCompleted: [] as string[],
     snapshotsDropped: [] as string[],
@@ -87,6 +94,16 @@ export async function recoverState(d: DriverContext, storedVolumeIds: readonly s
       r.hydrationsStarted.push(v.volumeId);
     }
     if (v.stage || Object.keys(v.publish).length > 0) {
+      if (d.backend.adopted && (await d.backend.attachedDevice(v.volumeId)) !== undefined) {
+        // A cut the predecessor died in left the file system frozen: its writers would wait forever.
+        if (v.stage?.accessType === 'mount') {
+          await thawFs(v.stage.stagingPath).catch((err: unknown) =>
+            d.log.error({ err, volumeId: v.volumeId }, 'Failed to thaw a staged file system'),
+          );
+        }
+        r.volumesKeptStaged.push(v.volumeId);
+        continue;
+      }
       // Binds of a block device node carry the major:minor of /dev, not of the loop device, so the data
       // path's cleanup cannot find them: unmount them here (lazily: a pod may still hold them open).
       for (const pub of Object.values(v.publish)) {

@@ -2,7 +2,12 @@
 // The node plugin's data path for one state dir: the FUSE mount at <stateDir>/fuse, the views exposed on it,
 // loop devices on those views, and consistent cuts. This is the API the CSI node service calls.
 //
-//   start(stateDir)           clean up what a dead predecessor left (cleanupStale), mount FUSE, start workers
+//   start(stateDir)           clean up what a dead predecessor left (cleanupStale), mount FUSE, start workers;
+//                             or, given the predecessor's /dev/fuse descriptor (the keeper process holds one,
+//                             csi/src/keeper/), adopt its connection: views are exposed again under their
+//                             node ids (adoptedViews), then resume() starts the workers and has the kernel
+//                             resend what the predecessor had read but not answered
+//   release()                 stop serving for a successor (connection, mount and loop devices untouched)
 //   exposeLive / exposeSnapshot / exposeRw / exposeFile   -> <stateDir>/fuse/<name>
 //   attach(name)              loop device (direct I/O, discard) on a view
 //   grow(name, sizeBytes)     online growth: workers, the kernel's FUSE inode, the loop devices' capacity
@@ -22,7 +27,8 @@ import { MountError } from '../mount/errors.js';
 import { withFrozenFs } from '../mount/freeze.js';
 import { run } from '../mount/exec.js';
 import { attachLoop, detachLoop, type LoopDevice, loopForFile, loopsForFile } from '../mount/loop-device.js';
-import { FUSE_FSTYPE } from './fuse-mount.js';
+import { closeFuseDevice, FUSE_FSTYPE } from './fuse-mount.js';
+import { readSessionRecord, sessionRecordPath } from './session-record.js';
 import { FuseServer } from './fuse-server.js';
 import { RangeLock } from './range-lock.js';
 import type { EngineFastPath } from './view-protocol.js';
@@ -71,6 +77,11 @@ export interface DatapathOptions {
   readonly registry?: Registry;
   /** O_DIRECT for aligned fast-path reads and writes of the backing files (default false, see ADR 0003). */
   readonly directIo?: boolean;
+  /**
+   * A descriptor of the /dev/fuse file a predecessor served (inherited from the keeper): its connection is
+   * adopted when the session record matches, else the descriptor is closed and a fresh mount made.
+   */
+  readonly inheritedFuseFd?: number;
 }
 
 export class Datapath {
@@ -82,7 +93,21 @@ export class Datapath {
     private readonly log: Logger,
     /** What start-up cleanup removed. */
     readonly cleanup: CleanupReport,
+    /** Views of the adopted connection still to be exposed again, by name (empty for a fresh mount). */
+    private readonly toReexpose: readonly string[],
   ) {}
+
+  /** True when this data path took over a predecessor's live connection (nothing was cleaned up). */
+  get adopted(): boolean {
+    return this.adoptedConnection;
+  }
+
+  private adoptedConnection = false;
+
+  /** Views the predecessor served (adopted connection): expose each again, then resume(). */
+  adoptedViews(): string[] {
+    return [...this.toReexpose];
+  }
 
   static fuseMountpointOf(stateDir: string): string {
     return join(stateDir, 'fuse');
@@ -93,16 +118,63 @@ export class Datapath {
     const mountpoint = Datapath.fuseMountpointOf(opts.stateDir);
     const log = opts.log.child({ component: 'datapath' });
     await mkdir(opts.stateDir, { recursive: true });
-    const cleanup = await cleanupStale({ fuseMountpoint: mountpoint, fuseFsType: FUSE_FSTYPE, log });
-    const server = await FuseServer.start({
+    const recordPath = sessionRecordPath(opts.stateDir);
+    const serverOpts = {
       mountpoint,
       log,
       source: 'loopsnap',
+      recordPath,
       ...(opts.workers === undefined ? {} : { workers: opts.workers }),
       ...(opts.registry === undefined ? {} : { registry: opts.registry }),
       ...(opts.directIo === undefined ? {} : { directIo: opts.directIo }),
-    });
-    return new Datapath(opts.stateDir, server, log, cleanup);
+    };
+    if (opts.inheritedFuseFd !== undefined) {
+      const { record, problem } = readSessionRecord(recordPath);
+      try {
+        if (!record) throw new MountError('DP_ERR_ADOPT', problem ?? 'no session record');
+        const server = await FuseServer.adopt(serverOpts, opts.inheritedFuseFd, record);
+        const dp = new Datapath(opts.stateDir, server, log, NOTHING_CLEANED, Object.keys(record.views));
+        dp.adoptedConnection = true;
+        return dp;
+      } catch (err) {
+        log.warn({ err }, 'Cannot adopt the FUSE connection of the predecessor; cleaning up and mounting afresh');
+        closeFuseDevice(opts.inheritedFuseFd);
+      }
+    }
+    const cleanup = await cleanupStale({ fuseMountpoint: mountpoint, fuseFsType: FUSE_FSTYPE, log });
+    const server = await FuseServer.start(serverOpts);
+    return new Datapath(opts.stateDir, server, log, cleanup, []);
+  }
+
+  /**
+   * Starts serving an adopted connection (after the views were exposed again) and sets each view's open
+   * count from the loop devices attached to it. A no-op for a fresh mount.
+   */
+  async resume(): Promise<void> {
+    this.server.resume();
+    for (const name of this.server.viewNames()) {
+      this.server.setOpenCount(name, (await this.loopsOf(name)).length);
+    }
+  }
+
+  /** Loop devices attached to view `name`. */
+  loopsOf(name: string): Promise<LoopDevice[]> {
+    return loopsForFile(this.pathOf(name));
+  }
+
+  /** Stops serving without ending the connection (FuseServer.release); the process exits afterwards. */
+  release(): Promise<void> {
+    return this.server.release();
+  }
+
+  /** The /dev/fuse descriptor of the connection. */
+  get fuseDevice(): number {
+    return this.server.device;
+  }
+
+  /** The connection id of the mount (`/sys/fs/fuse/connections/<id>`). */
+  get connectionId(): number {
+    return this.server.connection;
   }
 
   get fuseMountpoint(): string {
@@ -308,6 +380,8 @@ export class Datapath {
 }
 
 /** Size of a block device from sysfs (/sys/class/block/<name>/size counts 512-byte sectors). */
+const NOTHING_CLEANED: CleanupReport = { loopsDetached: [], mountsRemoved: [], fuseUnmounted: false, errors: [] };
+
 export async function blockDeviceBytes(device: string): Promise<number> {
   const sectors = (await readFile(`/sys/class/block/${basename(device)}/size`, 'utf8')).trim();
   return Number(sectors) * 512;

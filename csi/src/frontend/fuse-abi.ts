@@ -123,6 +123,11 @@ export const FALLOC_FL_ZERO_RANGE = 0x10;
 /** Notify codes (fuse_notify_code). INVAL_INODE drops cached attributes (and, for off >= 0, pages). */
 export const FUSE_NOTIFY_INVAL_INODE = 2;
 export const FUSE_NOTIFY_INVAL_ENTRY = 3;
+/**
+ * RESEND (Linux 6.9+): the kernel moves every request of the connection's processing lists (read by a server
+ * but not answered) back to the pending queue, with bit 63 of `unique` set; replies echo that unique.
+ */
+export const FUSE_NOTIFY_RESEND = 7;
 
 /** Linux errno values used in replies (positive; replies carry them negated). */
 export const Errno = {

@@ -9,6 +9,7 @@ import {
   DIRENT_HEADER_BYTES,
   ENTRY_OUT_BYTES,
   FUSE_NOTIFY_INVAL_ENTRY,
+  FUSE_NOTIFY_RESEND,
   FUSE_NOTIFY_INVAL_INODE,
   INIT_OUT_BYTES,
   NOTIFY_INVAL_ENTRY_OUT_BYTES,
@@ -189,6 +190,15 @@ export function encodeNotifyInvalEntry(parent: number, name: string): Uint8Array
   setU64(dv, OUT_HEADER_BYTES, parent);
   dv.setUint32(OUT_HEADER_BYTES + 8, nameBytes.length, true);
   buf.set(nameBytes, OUT_HEADER_BYTES + NOTIFY_INVAL_ENTRY_OUT_BYTES);
+  return buf;
+}
+
+/** A FUSE_NOTIFY_RESEND message: a bare out header (unique 0, error = the notify code). */
+export function encodeNotifyResend(): Uint8Array {
+  const buf = new Uint8Array(OUT_HEADER_BYTES);
+  const dv = new DataView(buf.buffer);
+  dv.setUint32(0, OUT_HEADER_BYTES, true);
+  dv.setInt32(4, FUSE_NOTIFY_RESEND, true);
   return buf;
 }
 

@@ -9,14 +9,14 @@
 // own workers.
 import { closeSync, constants as fsConstants, openSync, statSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../../../common/src/log.js';
 import { MountError } from '../mount/errors.js';
 import { Errno, FUSE_MAX_IO_BYTES, FUSE_ROOT_ID } from './fuse-abi.js';
 import { DatapathMetrics } from './datapath-metrics.js';
-import { encodeNotifyInvalEntry, encodeNotifyInvalInode } from './fuse-reply.js';
+import { encodeNotifyInvalEntry, encodeNotifyInvalInode, encodeNotifyResend } from './fuse-reply.js';
 import {
   abortFuseConnection,
   closeFuseDevice,
@@ -25,6 +25,7 @@ import {
   openFuseDevice,
   unmountFuse,
 } from './fuse-mount.js';
+import { type SessionRecord, type ViewKind, writeSessionRecord } from './session-record.js';
 import { DIRECT_PROBE_SPAN_BYTES, errnoOf } from './worker-io.js';
 import {
   CTL_BUSY,
@@ -84,6 +85,11 @@ export interface FuseServerOptions {
    */
   readonly directIo?: boolean;
   readonly initTimeoutMs?: number;
+  /**
+   * Where the session record (session-record.ts) is kept, so that a successor process can adopt the
+   * connection; none is written when absent.
+   */
+  readonly recordPath?: string;
 }
 
 interface ExposedView {
@@ -103,6 +109,10 @@ export class FuseServer {
   private readonly views = new Map<string, ExposedView>();
   private readonly byNode = new Map<number, ExposedView>();
   private nextNodeId = FUSE_ROOT_ID + 1;
+  /** Node ids the kernel may still know from a predecessor, by view name (adopted connections only). */
+  private readonly reserved = new Map<string, { nodeId: number; kind: ViewKind }>();
+  private connectionId = -1;
+  private released = false;
   private stopping = false;
   private stopped = false;
   private dioProbePath: string | null = null;
@@ -153,12 +163,129 @@ export class FuseServer {
       server.pool = pool;
       pool.start(Math.max(1, opts.workers ?? 4));
       await pool.waitInit(opts.initTimeoutMs ?? 10_000);
+      server.connectionId = (await fuseConnectionId(opts.mountpoint)) ?? -1;
+      server.writeRecord();
     } catch (err) {
       await server.stop({ force: true }).catch(() => undefined);
       throw err;
     }
     server.log.info({ workers: server.pool?.size }, 'Started FUSE server');
     return server;
+  }
+
+  /**
+   * Takes over the live connection behind `fuseFd` (a descriptor of the same open /dev/fuse file the
+   * predecessor served; its mount stays as it is) as described by `record`. No worker reads yet: re-expose
+   * the views first (addView reuses their node ids), then `resume()`. Throws DP_ERR_ADOPT when the mount at
+   * the record's mount point is not that connection or the connection is gone.
+   */
+  static async adopt(opts: FuseServerOptions, fuseFd: number, record: SessionRecord): Promise<FuseServer> {
+    if (process.getuid?.() !== 0) throw new MountError('DP_ERR_NOT_ROOT', 'the FUSE server must run as root');
+    if (record.mountpoint !== opts.mountpoint) {
+      throw new MountError('DP_ERR_ADOPT', `session record is for ${record.mountpoint}, not ${opts.mountpoint}`);
+    }
+    const id = await fuseConnectionId(opts.mountpoint);
+    if (id !== record.connectionId) {
+      throw new MountError(
+        'DP_ERR_ADOPT',
+        `FUSE connection ${String(id)} at ${opts.mountpoint} is not the recorded connection ${record.connectionId}`,
+      );
+    }
+    if (!(await connectionAlive(id))) {
+      throw new MountError('DP_ERR_ADOPT', `FUSE connection ${id} at ${opts.mountpoint} is gone`);
+    }
+    const server = new FuseServer(opts, fuseFd, opts.log.child({ mountpoint: opts.mountpoint }));
+    server.connectionId = id;
+    server.nextNodeId = record.nextNodeId;
+    for (const [name, v] of Object.entries(record.views)) server.reserved.set(name, { ...v });
+    if (opts.directIo === true) server.dioProbePath = await writeDioProbe(dirname(opts.mountpoint));
+    server.log.info({ connection: id, views: server.reserved.size }, 'Adopted FUSE connection');
+    return server;
+  }
+
+  /**
+   * Starts the workers of an adopted connection and asks the kernel to resend every request the predecessor
+   * had read but not answered (FUSE_NOTIFY_RESEND; block writes are idempotent, so a repeat is safe). Views
+   * of the record not exposed again by now are dropped: the kernel's requests for them get ENOENT.
+   */
+  resume(): void {
+    if (this.pool) return;
+    for (const name of this.reserved.keys()) {
+      this.log.warn({ view: name }, 'View of the predecessor was not exposed again; dropping it');
+    }
+    this.reserved.clear();
+    this.writeRecord();
+    const pool = new WorkerPool({
+      fuseFd: this.fuseFd,
+      log: this.log,
+      entryValidSec: this.opts.entryValidSec ?? 1,
+      attrValidSec: this.opts.attrValidSec ?? 3600,
+      parallelDirectWrites: this.opts.parallelDirectWrites ?? true,
+      dioProbePath: this.dioProbePath,
+      views: () => [...this.views.values()].map((v) => v.d),
+      onRequest: (m) => void this.answer(m),
+    });
+    this.pool = pool;
+    pool.start(Math.max(1, this.opts.workers ?? 4));
+    const msg = encodeNotifyResend();
+    try {
+      writeSync(this.fuseFd, msg, 0, msg.byteLength);
+    } catch (err) {
+      // Kernels before 6.9 answer EINVAL: requests the predecessor held stay unanswered until the mount goes.
+      this.log.error({ err }, 'FUSE_NOTIFY_RESEND failed; requests the predecessor held may hang');
+    }
+    this.log.info({ workers: pool.size, views: this.views.size }, 'Resumed FUSE server');
+  }
+
+  /** The /dev/fuse descriptor of the connection (for the keeper process, see csi/src/keeper/). */
+  get device(): number {
+    return this.fuseFd;
+  }
+
+  /** The connection id (`/sys/fs/fuse/connections/<id>`), -1 before the handshake. */
+  get connection(): number {
+    return this.connectionId;
+  }
+
+  /**
+   * Stops serving without ending the connection, for a successor to adopt it: closes every view's gate (new
+   * requests wait inside the workers, read but unanswered, until the successor asks for them again), waits
+   * for requests in flight, and stops restarting workers. The mount, the views' node ids and the kernel's
+   * open files stay as they are; the caller flushes the engine and exits the process (which ends the
+   * workers blocked on /dev/fuse). Never unmounts, never closes the device.
+   */
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    this.stopping = true;
+    this.pool?.stopRestarting();
+    for (const v of this.views.values()) Atomics.store(v.ctl, CTL_GATE, 1);
+    for (const v of this.views.values()) {
+      await waitZero(v.ctl, CTL_BUSY);
+      while (v.pending.count > 0) await new Promise((r) => setTimeout(r, 1));
+    }
+    this.writeRecord();
+    this.log.info({ views: this.views.size }, 'Released FUSE connection for a successor');
+  }
+
+  /** Sets a view's open count after adoption (opens the predecessor counted are not known here). */
+  setOpenCount(name: string, opens: number): void {
+    const v = this.views.get(name);
+    if (v) Atomics.store(v.ctl, CTL_OPENS, opens);
+  }
+
+  private writeRecord(): void {
+    if (this.opts.recordPath === undefined || this.connectionId < 0) return;
+    const views: Record<string, { nodeId: number; kind: ViewKind }> = {};
+    for (const [name, v] of this.reserved) views[name] = v;
+    for (const v of this.views.values()) views[v.d.name] = { nodeId: v.d.nodeId, kind: v.d.kind };
+    writeSessionRecord(this.opts.recordPath, {
+      format: 1,
+      connectionId: this.connectionId,
+      mountpoint: this.opts.mountpoint,
+      nextNodeId: this.nextNodeId,
+      views,
+    });
   }
 
   get mountpoint(): string {
@@ -198,8 +325,10 @@ export class FuseServer {
       fdDirect = openDirect(spec.path, spec.kind === 'file' && spec.readOnly);
     }
     const blockSizeBytes = spec.kind === 'file' ? 4096 : spec.blockSizeBytes;
+    const known = this.reserved.get(spec.name);
+    this.reserved.delete(spec.name);
     const d: ViewDescriptor = {
-      nodeId: this.nextNodeId++,
+      nodeId: known?.nodeId ?? this.nextNodeId++,
       name: spec.name,
       kind: spec.kind,
       readOnly: spec.kind === 'live' ? false : spec.readOnly,
@@ -215,8 +344,10 @@ export class FuseServer {
     const v: ExposedView = { d, ctl, spec, pending: { count: 0 } };
     this.views.set(spec.name, v);
     this.byNode.set(d.nodeId, v);
+    // On disk before the kernel can look the name up and learn the node id.
+    this.writeRecord();
     this.pool?.broadcast({ t: 'add', view: d } satisfies WorkerControl);
-    this.log.info({ view: spec.name, kind: spec.kind, sizeBytes }, 'Exposed view');
+    this.log.info({ view: spec.name, kind: spec.kind, sizeBytes, nodeId: d.nodeId }, 'Exposed view');
     return this.pathOf(spec.name);
   }
 
@@ -308,6 +439,7 @@ export class FuseServer {
     this.byNode.delete(v.d.nodeId);
     closeViewFds(v.d);
     this.invalidateEntry(name);
+    this.writeRecord();
     this.log.info({ view: name }, 'Removed view');
   }
 
@@ -401,6 +533,19 @@ export class FuseServer {
       // ENOENT: the kernel had no cached entry.
     }
   }
+}
+
+/**
+ * False when the fuse control file system (/sys/fs/fuse/connections) is mounted and lacks connection `id`.
+ * Without it (containers rarely mount it) the descriptor the keeper held is the proof of life.
+ */
+async function connectionAlive(id: number): Promise<boolean> {
+  const dir = '/sys/fs/fuse/connections';
+  if ((await readdir(dir).catch(() => [])).length === 0) return true;
+  return stat(`${dir}/${id}`).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** A fully written, fsynced page-multiple file next to the mount point (see probeDirectPosition). */

@@ -15,6 +15,11 @@ export const DATAPATH_ERRORS = {
   DP_ERR_VIEW_NOT_FOUND: { grpc: 'NOT_FOUND', errno: 2, doc: 'No view with that name is exposed' },
   DP_ERR_VIEW_BUSY: { grpc: 'FAILED_PRECONDITION', errno: 16, doc: 'The view is still open (a loop device uses it)' },
   DP_ERR_BAD_NAME: { grpc: 'INVALID_ARGUMENT', errno: 22, doc: 'A view name or path is not acceptable' },
+  DP_ERR_ADOPT: {
+    grpc: 'INTERNAL',
+    errno: 5,
+    doc: 'The FUSE connection of a predecessor process cannot be taken over',
+  },
   DP_ERR_SERVER_STOPPED: { grpc: 'UNAVAILABLE', errno: 107, doc: 'The FUSE server is stopping or stopped' },
   DP_ERR_READ_ONLY: { grpc: 'FAILED_PRECONDITION', errno: 30, doc: 'Write to a read-only view' },
   DP_ERR_LOOP: { grpc: 'INTERNAL', errno: 5, doc: 'Attaching or detaching a loop device failed' },

@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: Apache-2.0
+// The server's side of the keeper protocol (keeper-protocol.ts): a Node IPC channel for messages and a
+// SEQPACKET socket (fd LOOPSNAP_KEEPER_CHANNEL_FD) for descriptors. A descriptor always travels on the socket
+// before the IPC message that announces it, so the receiver's recvmsg never waits.
+import type { Logger } from '../../../common/src/log.js';
+import { recvFds, sendFds } from './fd-passing.js';
+import { type KeeperToServer, KEEPER_CHANNEL_ENV, type ServerToKeeper } from './keeper-protocol.js';
+
+export class KeeperLink {
+  private releaseHandler: (() => void) | undefined;
+  private releaseAsked = false;
+  private readonly started: Promise<KeeperToServer & { t: 'start' }>;
+
+  private constructor(
+    private readonly channelFd: number,
+    private readonly log: Logger,
+  ) {
+    this.started = new Promise((resolve) => {
+      process.on('message', (m: KeeperToServer) => {
+        if (m?.t === 'start') resolve(m);
+        else if (m?.t === 'release') {
+          this.releaseAsked = true;
+          this.releaseHandler?.();
+        }
+      });
+    });
+    // The keeper going away must not leave a server that can never hand over: it serves on, but says so.
+    process.on('disconnect', () => this.log.error('Lost the keeper process; a crash now ends every volume'));
+  }
+
+  /** The link when this process runs under a keeper (the channel variable is set and IPC is open). */
+  static fromEnv(env: NodeJS.ProcessEnv, log: Logger): KeeperLink | undefined {
+    const raw = env[KEEPER_CHANNEL_ENV];
+    if (raw === undefined || raw === '') return undefined;
+    const fd = Number(raw);
+    if (!Number.isSafeInteger(fd) || fd < 3 || typeof process.send !== 'function') {
+      throw new Error(`${KEEPER_CHANNEL_ENV}=${raw}: not a descriptor inherited from a keeper with an IPC channel`);
+    }
+    return new KeeperLink(fd, log.child({ component: 'keeper-link' }));
+  }
+
+  /** Waits for the keeper's go; `fuseFd` is the predecessor's live connection when there is one. */
+  async startup(): Promise<{ fuseFd?: number }> {
+    this.send({ t: 'waiting' });
+    const m = await this.started;
+    if (m.mode === 'fresh') return {};
+    const got = recvFds(this.channelFd);
+    const fd = got?.fds[0];
+    if (fd === undefined) throw new Error('the keeper announced a /dev/fuse descriptor but sent none');
+    for (const extra of got!.fds.slice(1)) this.log.warn({ fd: extra }, 'Ignoring an extra descriptor');
+    return { fuseFd: fd };
+  }
+
+  /** Hands the descriptor of a freshly mounted connection to the keeper (it keeps the connection alive). */
+  storeConnection(c: { fd: number; connectionId: number }): void {
+    sendFds(this.channelFd, Buffer.from(JSON.stringify({ connectionId: c.connectionId })), [c.fd]);
+    this.send({ t: 'connection', connectionId: c.connectionId });
+  }
+
+  serving(): void {
+    this.send({ t: 'serving', pid: process.pid });
+  }
+
+  /** Reports the handover done; resolves once the message is out (the process exits right after). */
+  released(): Promise<void> {
+    return new Promise((resolve) => {
+      const m: ServerToKeeper = { t: 'released' };
+      process.send?.(m, undefined, {}, () => resolve());
+    });
+  }
+
+  /** Calls `fn` when the keeper asks for the data path (a successor takes over, or the pod stops). */
+  onRelease(fn: () => void): void {
+    this.releaseHandler = fn;
+    if (this.releaseAsked) fn();
+  }
+
+  private send(m: ServerToKeeper): void {
+    process.send?.(m);
+  }
+}
