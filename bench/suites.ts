@@ -4,6 +4,7 @@ import { controllerSuite } from './controller.js';
 import { datapathSuite } from './datapath.js';
 import { engineSuite } from './engine.js';
 import { nodeSuite } from './node.js';
+import { restartSuite } from './restart.js';
 import { restoreSuite } from './restore.js';
 import type { BenchSuite } from './suite.js';
 
@@ -12,5 +13,6 @@ export const suites: Record<string, BenchSuite> = {
   datapath: datapathSuite,
   engine: engineSuite,
   node: nodeSuite,
+  restart: restartSuite,
   restore: restoreSuite,
 };

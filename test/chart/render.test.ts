@@ -324,6 +324,27 @@ describe('nodes without kube-proxy or a pod network', () => {
     expect(env(off.ctl, 'POD_IP')).toBeUndefined();
   });
 
+  it('the node plugin runs under its keeper and surges on upgrade, so volumes stay up (ADR 0011)', () => {
+    const on = components({});
+    const ds = only(on.objects, 'DaemonSet');
+    expect(flag(on.plugin, 'keeper')).toBe('true');
+    expect((ds.spec as { updateStrategy: unknown }).updateStrategy).toEqual({
+      type: 'RollingUpdate',
+      rollingUpdate: { maxSurge: 1, maxUnavailable: 0 },
+    });
+    expect(flag(components({ node: { keeper: false } }).plugin, 'keeper')).toBeUndefined();
+  });
+
+  it('on the host network no node plugin port is declared (a surging pod shares the node), probes by number', () => {
+    type Probed = Container & { ports?: unknown[]; readinessProbe: { httpGet: { port: unknown } } };
+    const host = components({ node: { hostNetwork: true } }).plugin as Probed;
+    expect(host.ports).toBeUndefined();
+    expect(host.readinessProbe.httpGet.port).toBe(9821);
+    const own = components({}).plugin as Probed;
+    expect(own.ports).toHaveLength(2);
+    expect(own.readinessProbe.httpGet.port).toBe(9821);
+  });
+
   it('controller.updateStrategy replaces the rolling update of the defaults', () => {
     const strategy = (values: Record<string, unknown>): unknown =>
       (only(render({ values }).objects, 'Deployment').spec as { strategy: unknown }).strategy;

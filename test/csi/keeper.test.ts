@@ -23,7 +23,7 @@ const UPGRADES = 20;
 const SLOTS = 256;
 
 interface Setup {
-  published: Published[];
+  published: (Published & { fs: string })[];
   writers: RecordWriter[];
 }
 
@@ -59,14 +59,14 @@ async function dataPathOf(dir: string): Promise<string[]> {
 }
 
 async function startWorkload(p: PluginProcess): Promise<Setup> {
-  const published: Published[] = [];
+  const published: Setup['published'] = [];
   for (const [name, type, fs] of [
     ['k-ext4', 'mount', 'ext4'],
     ['k-xfs', 'mount', 'xfs'],
     ['k-block', 'block', ''],
   ] as const) {
     const id = await createVolume(p, name, type, (type === 'mount' && fs === 'xfs' ? 320 : 64) * MiB, {}, fs);
-    published.push(await stageAndPublish(p, id, type, fs));
+    published.push({ ...(await stageAndPublish(p, id, type, fs)), fs });
   }
   const writers = published.map((v) =>
     v.type === 'block'
@@ -87,7 +87,7 @@ async function finish(s: Setup): Promise<void> {
 /** NodeStage and NodePublish again, as the kubelet does after a restart: both are idempotent OKs. */
 async function restageAll(p: PluginProcess, s: Setup): Promise<void> {
   for (const v of s.published) {
-    const fs = v.volumeId.includes('xfs') ? 'xfs' : v.type === 'mount' ? 'ext4' : '';
+    const fs = v.fs;
     await call(p.clients.node, 'NodeStageVolume', {
       volume_id: v.volumeId,
       staging_target_path: v.stagingPath,
@@ -170,6 +170,7 @@ describe('volumes outlive the node plugin (root: loop devices, FUSE, mounts; ADR
         process.kill(serverPid(p), 'SIGKILL');
         await logged(p, 'Started node plugin', starts + 1);
         await busy;
+        p.reconnect();
         await Promise.all(setup.writers.map((w) => w.more(8)));
         pauses.push(performance.now() - killedAt);
       }
@@ -182,6 +183,26 @@ describe('volumes outlive the node plugin (root: loop devices, FUSE, mounts; ADR
     },
     900_000,
   );
+
+  it.skipIf(!isRoot)('14-3 a server whose keeper was killed releases the data path and exits (no orphan)', async () => {
+    const p = await PluginProcess.start({ extraArgs: ['--keeper'] });
+    plugins.push(p);
+    dir = p.dir;
+    await logged(p, 'Started the node plugin server', 2); // the active server and its spare
+    const pids = p.logs('Started the node plugin server').map((l) => l.pid as number);
+    await p.kill9();
+    const alive = (pid: number): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const deadline = Date.now() + 60_000;
+    while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(pids.filter(alive)).toEqual([]);
+  });
 
   it.skipIf(!isRoot)(
     `14-2 ${UPGRADES} upgrades by handover (new keeper, then SIGTERM to the old): no writer error, same mounts`,

@@ -196,6 +196,12 @@ export class PluginProcess {
     return p;
   }
 
+  /** New CSI clients on the socket once the server behind it was replaced (the kubelet reconnects too). */
+  reconnect(): void {
+    closeClients(this.clients);
+    this.clients = makeClients(`unix://${this.socket}`);
+  }
+
   /** SIGTERM and wait for a clean exit; returns the exit code. */
   async stop(): Promise<number | null> {
     closeClients(this.clients);

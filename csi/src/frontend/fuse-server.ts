@@ -503,6 +503,9 @@ export class FuseServer {
 
   /** Runs a handed-off request and writes its reply to the kernel. Never throws. */
   private async answer(m: WorkerRequest): Promise<void> {
+    // After release() the successor owns every unanswered request (FUSE_NOTIFY_RESEND re-queues them);
+    // a hand-off that was still queued on the message port is dropped, never answered with an error.
+    if (this.released) return;
     const v = this.byNode.get(m.nodeId);
     if (!v || v.spec.kind === 'file') {
       replyHandoff(this.fuseFd, m, v ? Errno.EOPNOTSUPP : Errno.ENOENT);

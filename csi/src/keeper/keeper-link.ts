@@ -15,17 +15,27 @@ export class KeeperLink {
     private readonly channelFd: number,
     private readonly log: Logger,
   ) {
-    this.started = new Promise((resolve) => {
+    this.started = new Promise((resolve, reject) => {
       process.on('message', (m: KeeperToServer) => {
         if (m?.t === 'start') resolve(m);
-        else if (m?.t === 'release') {
-          this.releaseAsked = true;
-          this.releaseHandler?.();
-        }
+        else if (m?.t === 'release') this.askRelease();
+      });
+      // Without its keeper a server is an orphan nobody can hand over from or stop: it releases the data
+      // path (engine flushed, mounts and loop devices left as they are) and exits. In a pod the keeper is
+      // PID 1, so this only happens when the whole container goes.
+      process.on('disconnect', () => {
+        this.log.warn('Lost the keeper process; releasing the data path');
+        reject(new Error('the keeper process went away before it said start'));
+        this.askRelease();
       });
     });
-    // The keeper going away must not leave a server that can never hand over: it serves on, but says so.
-    process.on('disconnect', () => this.log.error('Lost the keeper process; a crash now ends every volume'));
+    this.started.catch(() => undefined);
+  }
+
+  private askRelease(): void {
+    if (this.releaseAsked) return;
+    this.releaseAsked = true;
+    this.releaseHandler?.();
   }
 
   /** The link when this process runs under a keeper (the channel variable is set and IPC is open). */
@@ -64,6 +74,7 @@ export class KeeperLink {
   /** Reports the handover done; resolves once the message is out (the process exits right after). */
   released(): Promise<void> {
     return new Promise((resolve) => {
+      if (!process.connected) return resolve();
       const m: ServerToKeeper = { t: 'released' };
       process.send?.(m, undefined, {}, () => resolve());
     });
@@ -76,6 +87,6 @@ export class KeeperLink {
   }
 
   private send(m: ServerToKeeper): void {
-    process.send?.(m);
+    if (process.connected) process.send?.(m);
   }
 }
