@@ -29,7 +29,8 @@ export const ENGINE_ERRORS = {
   ENGINE_SNAPSHOT_LIMIT: { grpc: 'RESOURCE_EXHAUSTED', summary: 'the volume already holds the maximum snapshots' },
   ENGINE_SAVE_POOL_FULL: {
     grpc: 'RESOURCE_EXHAUSTED',
-    summary: 'the save pool reached its quota or the disk is full (production writes never fail with it: EC-5)',
+    summary:
+      'the save pool reached its quota or the disk is full, and only snapshots with dependants need the space (the write gets ENOSPC; ADR 0012)',
   },
   ENGINE_READ_ONLY: { grpc: 'FAILED_PRECONDITION', summary: 'the view is read-only (RO snapshot)' },
   ENGINE_UNKNOWN_RW: { grpc: 'NOT_FOUND', summary: 'no RW snapshot has this id' },
@@ -65,9 +66,18 @@ export const ENGINE_ERRORS = {
 
 export type EngineErrorCode = keyof typeof ENGINE_ERRORS;
 
+/** errno the data path answers for these codes (what a thin-provisioned device out of space answers). */
+const ENOSPC_ERRNO = 28;
+const ERRNO_OF: Partial<Record<EngineErrorCode, number>> = {
+  ENGINE_SAVE_POOL_FULL: ENOSPC_ERRNO,
+  ENGINE_DEVICE_NO_SPACE: ENOSPC_ERRNO,
+};
+
 export class EngineError extends LoopsnapError {
   declare readonly code: EngineErrorCode;
   readonly grpcStatus: GrpcStatusName;
+  /** Positive errno for the data path (frontend/worker-io.ts errnoOf), when the code has one; else EIO. */
+  readonly errno: number | undefined;
 
   constructor(
     code: EngineErrorCode,
@@ -76,6 +86,7 @@ export class EngineError extends LoopsnapError {
   ) {
     super(code, message, options);
     this.grpcStatus = ENGINE_ERRORS[code].grpc;
+    this.errno = ERRNO_OF[code];
   }
 }
 

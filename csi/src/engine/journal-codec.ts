@@ -32,6 +32,7 @@ function recordBytes(r: JournalRecord): number {
       return 16 + utf8.encode(r.tag).length;
     case 'snap-delete':
     case 'snap-invalid':
+    case 'snap-release':
       return 5;
     case 'resize':
     case 'quota':
@@ -110,6 +111,10 @@ function encodeRecord(w: Writer, r: JournalRecord): void {
     case 'snap-delete':
     case 'snap-invalid':
       w.u8(r.type === 'snap-delete' ? 5 : 6);
+      w.u32(r.snapId);
+      return;
+    case 'snap-release':
+      w.u8(22);
       w.u32(r.snapId);
       return;
     case 'resize':
@@ -313,6 +318,9 @@ function decodeRecords(r: Reader): JournalRecord[] {
         out.push({ type: 'attr', key, value: decodeTag(r.raw(r.u32())) });
         break;
       }
+      case 22:
+        out.push({ type: 'snap-release', snapId: r.u32() });
+        break;
       default:
         throw corrupt(`unknown journal record type ${type}`);
     }

@@ -70,6 +70,11 @@
 //      19 restore-first u64 block, u64 count                    first-pass bits := 0 (cl.14 old data placed)
 //      20 restore-end                                            the restore record is cleared
 //      21 attr          u16 key length, key, u32 value length, value   attribute := value ('' removes it)
+//   version 3 adds:
+//      22 snap-release  u32 snapId                              the (invalid) snapshot gives up its save slots:
+//                                                                its map merges into the next older entry as in
+//                                                                snap-delete, or is freed at the head; the entry
+//                                                                stays in the queue (space-policy.ts)
 // Records of one frame are applied in order. rw-map, rw-meta-set, restore-done and restore-first are
 // deferred records (committed by flush() after the data they describe is durable; see committer.ts).
 // The journal file may be longer than its valid frames (it is preallocated and reused after checkpoints).
@@ -83,7 +88,7 @@
 import { corrupt } from './codec-io.js';
 import { engineError } from './errors.js';
 
-export const FORMAT_VERSION = 2;
+export const FORMAT_VERSION = 3;
 export const MIN_READ_VERSION = 1;
 export const CHECKPOINT_MAGIC = 'LSNPCKPT';
 export const JOURNAL_MAGIC = 0x464a534c;
@@ -103,6 +108,7 @@ export type JournalRecord =
   | { type: 'snap-create'; snapId: number; method: SnapshotMethod; createdAt: number; tag: string }
   | { type: 'snap-delete'; snapId: number }
   | { type: 'snap-invalid'; snapId: number }
+  | { type: 'snap-release'; snapId: number }
   | { type: 'resize'; blockCount: number }
   | { type: 'quota'; quotaSlots: number | null }
   | { type: 'snap-flags'; snapId: number; flags: number }

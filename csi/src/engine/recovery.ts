@@ -270,6 +270,12 @@ export function applyRecord(core: VolumeCore, r: JournalRecord): void {
       e.state = 'invalid';
       return;
     }
+    case 'snap-release': {
+      const e = core.queue.find(r.snapId);
+      if (e === undefined) throw corrupt('release of an unknown snapshot', { ...r });
+      core.queue.release(e.id, () => {});
+      return;
+    }
     case 'resize':
       if (r.blockCount < core.blockCount) throw corrupt('resize record shrinks the volume', { ...r });
       core.grow(r.blockCount);
@@ -355,7 +361,8 @@ function rwOf(core: VolumeCore, id: number, r: JournalRecord) {
 function rebuildPool(core: VolumeCore, poolSlots: number): void {
   let maxSlot = -1;
   const mark = (what: string, id: number) => (b: number, slot: number) => {
-    if (!core.pool.markReferenced(slot)) throw corrupt('save slot referenced twice', { slot, block: b, [what]: id });
+    if (!core.pool.markReferenced(slot, what === 'rwId' ? 'rw' : 'save'))
+      throw corrupt('save slot referenced twice', { slot, block: b, [what]: id });
     if (slot > maxSlot) maxSlot = slot;
   };
   for (const e of core.queue.entries) e.map.forEach(mark('id', e.id));

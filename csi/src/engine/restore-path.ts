@@ -29,6 +29,7 @@ import {
 import { baseEntry, checkCut, type OpsContext, rwEntry } from './rw-ops.js';
 import { collectAutoDeletes } from './snapshot-gc.js';
 import { SNAP_FLAG_RESTORING, validForCow } from './snapshot-queue.js';
+import { pinned, pinnedFull } from './space-policy.js';
 import type { VolumeCore } from './volume-core.js';
 
 /** Copies C[b] into T0 when a pre-restore snapshot still reads it there; true when a record was appended. */
@@ -63,9 +64,15 @@ async function saveSlot(core: VolumeCore, data: Uint8Array): Promise<number> {
   return slot;
 }
 
-/** EC-5 for a save the walk from `fromPos` needs: the production data goes on, those snapshots lose b. */
+/**
+ * EC-5 for a save the walk from `fromPos` needs: the production data goes on, those snapshots lose b. A
+ * snapshot with dependants is never invalidated (space-policy.ts): the step fails with ENOSPC instead.
+ */
 function invalidate(core: VolumeCore, b: number, fromPos?: number): void {
-  for (const e of core.queue.needyEntries(b, core.granuleShift, fromPos)) {
+  const needy = core.queue.needyEntries(b, core.granuleShift, fromPos);
+  const held = needy.filter((e) => e.state === 'valid' && pinned(core, e));
+  if (held.length > 0) throw pinnedFull(core, b, held);
+  for (const e of needy) {
     if (e.state === 'invalid') continue;
     e.state = 'invalid';
     core.committer.append({ type: 'snap-invalid', snapId: e.id });

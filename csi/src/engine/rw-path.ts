@@ -9,7 +9,9 @@
 //                 MAPR[b] := slot and BMR[b] := 1 (a deferred `rw-map` record).
 // A write into an invalid MBMR granule of several blocks also gives the granule's other blocks zero entries
 // where the base has data, so that the granule reads as zeros outside the write once its bit is set
-// (OP-5 step 4 for RW snapshots). No slot -> ENGINE_SAVE_POOL_FULL for this write only (EC-5 item 5).
+// (OP-5 step 4 for RW snapshots). RW data does not count against the save quota (save-pool.ts); on a full
+// disk unpinned snapshots of the base volume are sacrificed first (space-policy.ts), and when none is left the
+// write fails with ENGINE_SAVE_POOL_FULL (ENOSPC) for this write only (EC-5 item 5).
 // Durability: like production writes, RW data and its records are durable after flush(): flush syncs the
 // save device before it writes the frame holding the deferred rw-map / rw-meta-set records.
 // Discards of whole granules clear MBMR and free the granule's slots (an ordered `rw-discard` record after
@@ -20,6 +22,7 @@ import { readBlocks, rwBlock } from './read-path.js';
 import { restoreBeforeSourceChange } from './restore-path.js';
 import type { RwEntry } from './rw-snapshot.js';
 import { readsData } from './snapshot-queue.js';
+import { makeRoom } from './space-policy.js';
 import type { VolumeCore } from './volume-core.js';
 
 /** Blocks a write of [b0, b1) touches: the range, plus blocks of revalidated granules whose base has data. */
@@ -105,21 +108,25 @@ export async function writeRw(core: VolumeCore, rw: RwEntry, offset: number, dat
 }
 
 async function allocWrite(core: VolumeCore, rw: RwEntry, content: Uint8Array): Promise<number> {
-  const slot = core.pool.alloc();
-  const full = () =>
-    engineError('ENGINE_SAVE_POOL_FULL', `no save-pool space for new data of RW snapshot ${rw.id}`, { id: rw.id });
-  if (slot < 0) throw full();
-  try {
-    await core.save.write(slot, content);
-  } catch (err) {
-    core.pool.cancel(slot);
-    if (isEngineError(err, 'ENGINE_DEVICE_NO_SPACE'))
-      throw engineError('ENGINE_SAVE_POOL_FULL', full().message, {}, err);
-    throw err;
+  for (;;) {
+    const slot = core.pool.alloc('rw');
+    try {
+      await core.save.write(slot, content);
+    } catch (err) {
+      core.pool.cancel(slot);
+      if (!isEngineError(err, 'ENGINE_DEVICE_NO_SPACE')) throw err;
+      if (await makeRoom(core)) continue;
+      throw engineError(
+        'ENGINE_SAVE_POOL_FULL',
+        `no space for new data of RW snapshot ${rw.id}: the disk is full`,
+        { id: rw.id },
+        err,
+      );
+    }
+    // Before the rw-map record exists: a flush that takes the record also syncs this data first.
+    core.committer.noteRwWrite();
+    return slot;
   }
-  // Before the rw-map record exists: a flush that takes the record also syncs this data first.
-  core.committer.noteRwWrite();
-  return slot;
 }
 
 /**

@@ -2,13 +2,23 @@
 // Allocator of the shared save pool (spec §3.3): slot s is block s of save.img. Slots are handed out from
 // a free list (reused slots) or by bumping the high-water mark, up to an optional quota (EC-5).
 //
+// The quota bounds the slots holding before-images of snapshots (EC-5). Slots holding an RW snapshot's own
+// data (a thin clone's writes, kind 'rw') do not count against it and are never refused by it: they are a
+// PVC's data, not snapshot overhead, and another volume's writes must not make them fail (issue 15); only
+// the disk bounds them.
+//
 // Invariants (INV-7): a slot is allocated iff exactly one map entry references it. A slot freed by a
 // metadata change (OP-11) sits in quarantine until the journal frame recording that change is durable;
 // only then may a new before-image overwrite it, otherwise a crash could resurrect the old entry pointing
 // at foreign data. The allocator is rebuilt from the maps on open, so it is never persisted itself.
 
+export type SlotKind = 'save' | 'rw';
+
 export class SavePool {
   private allocated: Uint32Array;
+  /** Slots of kind 'rw' (a subset of `allocated`). */
+  private rwBits: Uint32Array;
+  private rwUsed = 0;
   private free: number[] = [];
   private quarantine: number[] = [];
   private highWater = 0;
@@ -16,11 +26,22 @@ export class SavePool {
 
   constructor(private quota: number | null) {
     this.allocated = new Uint32Array(64);
+    this.rwBits = new Uint32Array(64);
   }
 
   /** Slots in use (referenced by a map entry). */
   get usedSlots(): number {
     return this.used;
+  }
+
+  /** Slots holding before-images (what the quota bounds). */
+  get saveSlots(): number {
+    return this.used - this.rwUsed;
+  }
+
+  /** Slots holding RW snapshots' own data. */
+  get rwSlots(): number {
+    return this.rwUsed;
   }
 
   /** Size of the pool in slots: every slot below it exists in save.img (allocated or free). */
@@ -36,16 +57,28 @@ export class SavePool {
     this.quota = quota;
   }
 
-  /** A free slot, or -1 when the quota is reached (the caller applies EC-5). */
-  alloc(): number {
+  /**
+   * Whether a before-image slot would be refused by the quota now: the before-images reached it, or no free
+   * slot is left and the pool without its RW slots (quarantined slots included) already has the quota's size.
+   */
+  get atQuota(): boolean {
+    if (this.quota === null) return false;
+    if (this.saveSlots >= this.quota) return true;
+    return this.free.length === 0 && this.highWater - this.rwUsed >= this.quota;
+  }
+
+  /**
+   * A free slot, or -1 when a before-image ('save') would exceed the quota (the caller applies EC-5). RW data
+   * ('rw') is never refused here.
+   */
+  alloc(kind: SlotKind = 'save'): number {
+    if (kind === 'save' && this.atQuota) return -1;
     let slot = this.free.pop();
     if (slot === undefined) {
-      if (this.quota !== null && this.highWater >= this.quota) return -1;
       slot = this.highWater++;
       this.ensure(slot);
     }
-    this.allocated[slot >>> 5]! |= 1 << (slot & 31);
-    this.used++;
+    this.mark(slot, kind);
     return slot;
   }
 
@@ -72,14 +105,13 @@ export class SavePool {
   }
 
   /** Recovery: marks a slot referenced by a loaded map entry; returns false when it was already marked. */
-  markReferenced(slot: number): boolean {
+  markReferenced(slot: number, kind: SlotKind = 'save'): boolean {
     if (slot >= this.highWater) {
       this.highWater = slot + 1;
       this.ensure(slot);
     }
     if (this.isAllocated(slot)) return false;
-    this.allocated[slot >>> 5]! |= 1 << (slot & 31);
-    this.used++;
+    this.mark(slot, kind);
     return true;
   }
 
@@ -104,21 +136,38 @@ export class SavePool {
     return this.highWater;
   }
 
+  private mark(slot: number, kind: SlotKind): void {
+    this.allocated[slot >>> 5]! |= 1 << (slot & 31);
+    this.used++;
+    if (kind === 'rw') {
+      this.rwBits[slot >>> 5]! |= 1 << (slot & 31);
+      this.rwUsed++;
+    }
+  }
+
   private release(slot: number): void {
     if (!this.isAllocated(slot)) throw new Error(`save slot ${slot} is not allocated`);
     this.allocated[slot >>> 5]! &= ~(1 << (slot & 31));
     this.used--;
+    if (((this.rwBits[slot >>> 5]! >>> (slot & 31)) & 1) === 1) {
+      this.rwBits[slot >>> 5]! &= ~(1 << (slot & 31));
+      this.rwUsed--;
+    }
   }
 
   private ensure(slot: number): void {
     const need = (slot >>> 5) + 1;
     if (need <= this.allocated.length) return;
-    const grown = new Uint32Array(Math.max(need, this.allocated.length * 2));
+    const size = Math.max(need, this.allocated.length * 2);
+    const grown = new Uint32Array(size);
     grown.set(this.allocated);
     this.allocated = grown;
+    const rw = new Uint32Array(size);
+    rw.set(this.rwBits);
+    this.rwBits = rw;
   }
 
   residentBytes(): number {
-    return this.allocated.byteLength + (this.free.length + this.quarantine.length) * 8;
+    return this.allocated.byteLength + this.rwBits.byteLength + (this.free.length + this.quarantine.length) * 8;
   }
 }

@@ -113,6 +113,31 @@ export class SnapshotQueue {
   }
 
   /**
+   * OP-11's data half without the removal (EC-5 sacrifice, issue 15): snapshot `id`, already invalid, gives up
+   * its save slots. Its map merges into the next older entry as in remove() (the older entry keeps its own
+   * where both hold a block; the younger slot is freed), or is freed at the head. Readers of every older
+   * entry resolve exactly as before; the entry itself stays in the queue, invalid, holding nothing, and the
+   * COW walk passes over it. Returns the number of slots freed.
+   */
+  release(id: number, onFree: (slot: number) => void): number {
+    const pos = this.positionOf(id);
+    if (pos < 0) throw new Error(`snapshot ${id} is not in the queue`);
+    const entry = this.list[pos]!;
+    let freed = 0;
+    const free = (slot: number): void => {
+      freed++;
+      onFree(slot);
+    };
+    const older = pos > 0 ? this.list[pos - 1] : undefined;
+    if (older === undefined) entry.map.clear(free);
+    else {
+      entry.map.dropFrom(older.blockCount, free);
+      entry.map.mergeInto(older.map, free);
+    }
+    return freed;
+  }
+
+  /**
    * OP-11: removes snapshot `id`. The head's slots are freed; any other entry's map merges into the next
    * older entry, which keeps its own entry where both hold a block (the younger slot is freed). Freed slots
    * are passed to `onFree` (the live path quarantines them). Returns the entry that received the merge.

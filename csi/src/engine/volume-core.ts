@@ -25,6 +25,10 @@ export interface VolumeCounters {
   cowCopies: number;
   /** Snapshots invalidated by save-pool exhaustion (EC-5). */
   invalidations: number;
+  /** Unpinned snapshots sacrificed to make room (space-policy.ts). */
+  sacrificed: number;
+  /** Production writes refused with ENOSPC because only pinned snapshots needed the space. */
+  writesRefused: number;
   checkpoints: number;
   /** Blocks placed by the in-place restore (background copier and restore-before-write). */
   restoredBlocks: number;
@@ -39,7 +43,14 @@ export class VolumeCore {
   readonly freezer: MetaFreezer;
   readonly busy = new Map<number, Promise<void>>();
   readonly control: Int32Array;
-  readonly counters: VolumeCounters = { cowCopies: 0, invalidations: 0, checkpoints: 0, restoredBlocks: 0 };
+  readonly counters: VolumeCounters = {
+    cowCopies: 0,
+    invalidations: 0,
+    sacrificed: 0,
+    writesRefused: 0,
+    checkpoints: 0,
+    restoredBlocks: 0,
+  };
   /** RW snapshots by id (spec §3.11). */
   readonly rws = new Map<number, RwEntry>();
   /** Small persisted key/value pairs (e.g. the cursor of a copy job filling this volume). */

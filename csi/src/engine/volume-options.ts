@@ -153,6 +153,12 @@ export interface VolumeStats {
   saveQuotaBytes: number | null;
   cowCopiesTotal: number;
   snapshotsInvalidatedTotal: number;
+  /** Unpinned snapshots sacrificed (invalidated, slots released) to make room, oldest first (ADR 0012). */
+  snapshotsSacrificedTotal: number;
+  /** Production writes refused with ENOSPC because only snapshots with dependants needed the space. */
+  writesRefusedTotal: number;
+  /** Save-pool bytes holding RW snapshots' own data (not bounded by the quota). */
+  savePoolRwBytes: number;
   journalBytes: number;
   checkpointsTotal: number;
   rwSnapshotCount: number;

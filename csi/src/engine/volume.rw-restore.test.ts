@@ -158,17 +158,28 @@ describe('RW snapshots (OP-7..OP-12)', () => {
     again.verifyInvariants();
   });
 
-  it('EC-5: with the pool full an RW write fails with ENGINE_SAVE_POOL_FULL; production writes go on', async () => {
+  it('EC-5: RW data is not bounded by the save quota; a production write its base needs fails with ENOSPC', async () => {
     const { vol, w, snap } = await setup(8, { saveQuotaBytes: 2 * BS });
     await w(0, 1, 8);
     const base = await snap();
     const rw = await vol.createRw(base);
     await vol.writeRw(rw.id, 0, pattern(2, 2 * BS));
-    await expect(vol.writeRw(rw.id, 4 * BS, pattern(3, BS))).rejects.toThrow(code('ENGINE_SAVE_POOL_FULL'));
-    expect(same(await vol.readRw(rw.id, 0, 2 * BS), pattern(2, 2 * BS))).toBe(true);
+    await vol.writeRw(rw.id, 4 * BS, pattern(3, 2 * BS)); // past the quota: a PVC's own data
     await vol.writeRw(rw.id, 100, pattern(4, 10)); // in place: no new slot needed
     await w(5, 9);
+    await w(6, 9);
+    // The quota is full of before-images and the base has a dependant: the third save fails the write.
+    const refused = vol.write(7 * BS, pattern(9, BS));
+    await expect(refused).rejects.toThrow(code('ENGINE_SAVE_POOL_FULL'));
+    await expect(refused.catch((e: { errno?: number }) => e.errno)).resolves.toBe(28);
+    expect(vol.stats().writesRefusedTotal).toBe(1);
+    expect(vol.getSnapshot(base).state).toBe('valid');
+    const want = pattern(2, 2 * BS);
+    want.set(pattern(4, 10), 100);
+    expect(same(await vol.readRw(rw.id, 0, 2 * BS), want)).toBe(true);
+    expect(same(await vol.readRw(rw.id, 4 * BS, 2 * BS), pattern(3, 2 * BS))).toBe(true);
     expect(same(await vol.read(5 * BS, BS), pattern(9, BS))).toBe(true);
+    expect(same(await vol.readRw(rw.id, 7 * BS, BS), pattern(1, 8 * BS).subarray(7 * BS))).toBe(true);
     vol.verifyInvariants();
   });
 

@@ -6,7 +6,9 @@
 //   1. wait until no other engine write of the block (or of its invalid granule) is in flight (EC-2);
 //   2. COW walk (SnapshotQueue.cowNeeded); if a save is needed: allocate a slot, read the clone block,
 //      write it to the slot, then MAP_tail[b] := slot and BM_tail[b] := 1 and append a `cow` record;
-//      if no slot can be had, invalidate the snapshots that needed it (EC-5) instead;
+//      if no slot can be had, apply the space policy (space-policy.ts): sacrifice unpinned snapshots oldest
+//      first and retry; when only pinned snapshots need the save, fail the write with ENOSPC; during an
+//      in-place restore, invalidate the unpinned snapshots that needed it (EC-5) instead;
 //   3. the new content: a whole block, or a partial block merged onto the clone's current bytes, or onto
 //      zeros when the granule is invalid (EC-4); blocks of an invalid granule outside the write are zeroed;
 //   4. barrier: the save data and the records are durable before the clone is touched (EC-1);
@@ -19,6 +21,8 @@ import { testBit } from './bits.js';
 import { isEngineError } from './errors.js';
 import { blockChecksum } from './layout.js';
 import { finishWrite, restoreForWrite } from './restore-path.js';
+import { makeRoom, pinned, pinnedFull } from './space-policy.js';
+import type { SnapshotEntry } from './snapshot-queue.js';
 import type { VolumeCore } from './volume-core.js';
 
 interface BlockContent {
@@ -198,30 +202,46 @@ async function writeSlow(
 async function saveBeforeImage(core: VolumeCore, b: number): Promise<Uint8Array> {
   const old = new Uint8Array(core.blockSize);
   await core.clone.read(b, old);
-  const slot = core.pool.alloc();
-  if (slot < 0) {
-    invalidateNeedy(core, b);
+  for (let retry = false; ; retry = true) {
+    // After a sacrifice nobody may need the before-image any more.
+    if (retry && core.queue.needyEntries(b, core.granuleShift).length === 0) return old;
+    const slot = await trySave(core, old);
+    if (slot >= 0) {
+      const tail = core.queue.tail!;
+      tail.map.set(b, slot);
+      core.committer.append({ type: 'cow', snapId: tail.id, block: b, slot, sum: blockChecksum(old) });
+      core.counters.cowCopies++;
+      return old;
+    }
+    const needy = core.queue.needyEntries(b, core.granuleShift);
+    if (needy.length === 0) return old;
+    if (await makeRoom(core, needy)) continue;
+    // Nothing may be sacrificed: every snapshot left that needs b is pinned, or an in-place restore runs.
+    const held = needy.filter((e) => pinned(core, e));
+    if (held.length > 0) throw pinnedFull(core, b, held);
+    invalidate(core, needy);
     return old;
   }
+}
+
+/** Writes a before-image into a new slot; -1 when the quota or the disk has no room for it. */
+async function trySave(core: VolumeCore, old: Uint8Array): Promise<number> {
+  const slot = core.pool.alloc();
+  if (slot < 0) return -1;
   try {
     await core.save.write(slot, old);
   } catch (err) {
     core.pool.cancel(slot);
     if (!isEngineError(err, 'ENGINE_DEVICE_NO_SPACE')) throw err;
-    invalidateNeedy(core, b);
-    return old;
+    return -1;
   }
   core.committer.noteSaveWrite();
-  const tail = core.queue.tail!;
-  tail.map.set(b, slot);
-  core.committer.append({ type: 'cow', snapId: tail.id, block: b, slot, sum: blockChecksum(old) });
-  core.counters.cowCopies++;
-  return old;
+  return slot;
 }
 
-/** EC-5: the production write goes on; the snapshots that needed b's before-image become invalid. */
-function invalidateNeedy(core: VolumeCore, b: number): void {
-  for (const e of core.queue.needyEntries(b, core.granuleShift)) {
+/** EC-5 during an in-place restore: the production write goes on; these (unpinned) snapshots lose b. */
+function invalidate(core: VolumeCore, needy: readonly SnapshotEntry[]): void {
+  for (const e of needy) {
     e.state = 'invalid';
     core.committer.append({ type: 'snap-invalid', snapId: e.id });
     core.counters.invalidations++;

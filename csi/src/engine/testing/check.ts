@@ -22,6 +22,14 @@ export async function checkVolume(vol: SnapshotVolume, model: VolumeModel, optio
   const ids = infos.map((s) => s.id).join(',');
   const expected = model.snapshots.map((s) => s.id).join(',');
   if (ids !== expected) throw new Error(`INV-8 queue ${ids} != model ${expected}`);
+  // A sacrificed snapshot gave its saves to the next older one (space-policy.ts), as a delete would; an
+  // invalid tail may still receive saves afterwards, so its own periods stay counted too (an upper bound).
+  for (const info of [...infos].reverse()) {
+    if (info.state !== 'invalid') continue;
+    const s = model.find(info.id);
+    const older = model.snapshots[model.snapshots.indexOf(s) - 1];
+    if (older !== undefined) for (const b of s.periodWrites) older.periodWrites.add(b);
+  }
   let savedTotal = 0;
   for (const info of infos) {
     const s = model.find(info.id);
