@@ -2,7 +2,8 @@
 // Faults with the release's own pods: the node plugin SIGKILLed in the middle of CreateSnapshot (the moment
 // caught on the node itself, from the plugin's `creating` record), and the API server killed and started
 // again. Each time the work completes exactly once after the kubelet restarts what died. No pod uses a volume
-// of the plugin while it dies (a plugin restart still takes running pods' volumes with it).
+// of the plugin while it dies: every process of the container is killed, its keeper too, which ends the FUSE
+// connection (ADR 0011); a rollout with pods writing is test/node/upgrade.test.ts.
 import { describe, expect, it } from 'vitest';
 import { realNodeUsable, RELEASE_NS, useRealCluster } from '../support/real-node.js';
 import { restartApiServer } from './lib/api-server.js';
