@@ -12,6 +12,9 @@ function sample(volumeId: string, cowCopiesTotal: number): VolumeGaugeSample {
     snapshots: 0,
     invalidSnapshots: 0,
     sizeBytes: 1,
+    writesRefusedTotal: 0,
+    snapshotsSacrificedTotal: 0,
+    outOfSpace: false,
   };
 }
 

@@ -17,6 +17,12 @@ export interface VolumeGaugeSample {
   readonly invalidSnapshots: number;
   readonly cowCopiesTotal: number;
   readonly sizeBytes: number;
+  /** Production writes refused with ENOSPC: only snapshots with dependants needed the space (ADR 0012). */
+  readonly writesRefusedTotal: number;
+  /** Unpinned snapshots sacrificed (invalidated, space given back) to make room, oldest first. */
+  readonly snapshotsSacrificedTotal: number;
+  /** 1 while the volume's writes are refused for space (the last before-image found none). */
+  readonly outOfSpace: boolean;
 }
 
 /** A background job (clone copy, hydrate, restore; issue 4) and how far it got. */
@@ -94,6 +100,37 @@ export class KubeletRegistrationMetrics {
   }
 }
 
+/**
+ * A process-wide counter over a per-volume engine count: engine counts restart at each open and vanish with the
+ * volume, so only their increases are added (a drop means the volume reopened).
+ */
+function engineCounter(
+  registry: Registry,
+  sources: MetricsSources,
+  name: string,
+  help: string,
+  pick: (s: VolumeGaugeSample) => number,
+): void {
+  const last = new Map<string, number>();
+  new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const seen = new Set<string>();
+      for (const v of sources.volumes()) {
+        seen.add(v.volumeId);
+        const now = pick(v);
+        const prev = last.get(v.volumeId) ?? 0;
+        const delta = now >= prev ? now - prev : now;
+        if (delta > 0) this.inc(delta);
+        last.set(v.volumeId, now);
+      }
+      for (const id of [...last.keys()]) if (!seen.has(id)) last.delete(id);
+    },
+  });
+}
+
 function registerEngineGauges(registry: Registry, sources: MetricsSources): void {
   const perVolume = (name: string, help: string, pick: (s: VolumeGaugeSample) => number): Gauge<'volume_id'> =>
     new Gauge({
@@ -116,25 +153,35 @@ function registerEngineGauges(registry: Registry, sources: MetricsSources): void
   perVolume('loopsnap_volume_invalid_snapshots', 'Invalid snapshots, per volume', (s) => s.invalidSnapshots);
   // Volume size in bytes.
   perVolume('loopsnap_volume_size_bytes', 'Volume size in bytes', (s) => s.sizeBytes);
-  // Before-images copied into save pools by this process. A counter: per-volume engine counts restart at each
-  // open and vanish with the volume, so only their increases are added (a drop means the volume reopened).
-  const lastCopies = new Map<string, number>();
-  new Counter({
-    name: 'loopsnap_cow_copies_total',
-    help: 'Copy-on-write copies of before-images into save pools since the node plugin started',
-    registers: [registry],
-    collect() {
-      const seen = new Set<string>();
-      for (const v of sources.volumes()) {
-        seen.add(v.volumeId);
-        const prev = lastCopies.get(v.volumeId) ?? 0;
-        const delta = v.cowCopiesTotal >= prev ? v.cowCopiesTotal - prev : v.cowCopiesTotal;
-        if (delta > 0) this.inc(delta);
-        lastCopies.set(v.volumeId, v.cowCopiesTotal);
-      }
-      for (const id of [...lastCopies.keys()]) if (!seen.has(id)) lastCopies.delete(id);
-    },
-  });
+  // Before-images copied into save pools by this process.
+  engineCounter(
+    registry,
+    sources,
+    'loopsnap_cow_copies_total',
+    'Copy-on-write copies of before-images into save pools since the node plugin started',
+    (s) => s.cowCopiesTotal,
+  );
+  // Production writes answered ENOSPC because only snapshots with dependants (thin clones, restores, copies)
+  // needed the space: such snapshots are never invalidated (ADR 0012).
+  engineCounter(
+    registry,
+    sources,
+    'loopsnap_space_refused_writes_total',
+    'Production writes refused with ENOSPC because only snapshots with dependants needed save-pool space',
+    (s) => s.writesRefusedTotal,
+  );
+  // Unpinned snapshots invalidated and emptied to make room, oldest first (ADR 0012).
+  engineCounter(
+    registry,
+    sources,
+    'loopsnap_snapshots_sacrificed_total',
+    'Snapshots without dependants invalidated to give their save-pool space back, oldest first',
+    (s) => s.snapshotsSacrificedTotal,
+  );
+  // 1 while a volume's writes are refused for space (cleared by its next before-image that finds room).
+  perVolume('loopsnap_volume_out_of_space', 'Whether the volume answers writes with ENOSPC (1) or not (0)', (s) =>
+    s.outOfSpace ? 1 : 0,
+  );
   // Fraction done of each running background job.
   new Gauge({
     name: 'loopsnap_background_job_progress_ratio',

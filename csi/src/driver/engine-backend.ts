@@ -411,11 +411,14 @@ export class EngineBackend implements VolumeBackend {
     const kind = this.engine.backing(volumeId);
     if (kind === undefined) return { abnormal: true, message: 'the engine volume is missing' };
     let invalid = 0;
+    let outOfSpace = false;
     try {
       if (kind === 'volume') {
         const v = this.engine.own(volumeId);
         v.allocatedExtents('live', { maxResults: 1 });
-        invalid = v.stats().invalidSnapshotCount;
+        const s = v.stats();
+        invalid = s.invalidSnapshotCount;
+        outOfSpace = s.outOfSpace;
       } else {
         this.engine.content(volumeId).allocatedExtents(0, 1);
         const ref = this.engine.rwRef(volumeId);
@@ -433,6 +436,13 @@ export class EngineBackend implements VolumeBackend {
       if (!loop || !(await describeLoop(loop.device))) {
         return { abnormal: true, message: `data path: no loop device on ${path}` };
       }
+    }
+    if (outOfSpace) {
+      return {
+        abnormal: true,
+        message:
+          'writes fail with ENOSPC: the save pool is full and only snapshots that thin clones, restores or copies depend on need the space (they are never invalidated); delete snapshots or dependants, hydrate the clones, or raise --save-quota-bytes',
+      };
     }
     if (invalid > 0) {
       return { abnormal: false, message: `${invalid} snapshot(s) invalidated by a full save pool` };
@@ -461,6 +471,9 @@ export class EngineBackend implements VolumeBackend {
         invalidSnapshots: s.invalidSnapshotCount,
         cowCopiesTotal: s.cowCopiesTotal,
         sizeBytes: s.sizeBytes,
+        writesRefusedTotal: s.writesRefusedTotal,
+        snapshotsSacrificedTotal: s.snapshotsSacrificedTotal,
+        outOfSpace: s.outOfSpace,
       });
     }
     return out;

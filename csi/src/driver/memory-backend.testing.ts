@@ -283,6 +283,9 @@ export class MemoryBackend implements VolumeBackend {
         invalidSnapshots: st.invalidSnapshotCount,
         cowCopiesTotal: st.cowCopiesTotal,
         sizeBytes: st.sizeBytes,
+        writesRefusedTotal: st.writesRefusedTotal,
+        snapshotsSacrificedTotal: st.snapshotsSacrificedTotal,
+        outOfSpace: st.outOfSpace,
       };
     });
   }

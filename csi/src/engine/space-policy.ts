@@ -88,6 +88,7 @@ export async function makeRoom(core: VolumeCore, needy: readonly SnapshotEntry[]
 /** The error of a production write refused because only pinned snapshots need the space (counted). */
 export function pinnedFull(core: VolumeCore, b: number, needy: readonly SnapshotEntry[]): EngineError {
   core.counters.writesRefused++;
+  core.counters.outOfSpace = true;
   const ids = needy.map((e) => e.id);
   return engineError(
     'ENGINE_SAVE_POOL_FULL',

@@ -29,6 +29,8 @@ export interface VolumeCounters {
   sacrificed: number;
   /** Production writes refused with ENOSPC because only pinned snapshots needed the space. */
   writesRefused: number;
+  /** The last before-image found no space (a write was refused); cleared by the next save that succeeds. */
+  outOfSpace: boolean;
   checkpoints: number;
   /** Blocks placed by the in-place restore (background copier and restore-before-write). */
   restoredBlocks: number;
@@ -48,6 +50,7 @@ export class VolumeCore {
     invalidations: 0,
     sacrificed: 0,
     writesRefused: 0,
+    outOfSpace: false,
     checkpoints: 0,
     restoredBlocks: 0,
   };

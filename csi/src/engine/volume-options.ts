@@ -157,6 +157,8 @@ export interface VolumeStats {
   snapshotsSacrificedTotal: number;
   /** Production writes refused with ENOSPC because only snapshots with dependants needed the space. */
   writesRefusedTotal: number;
+  /** The last before-image found no space and its write was refused (ENOSPC); cleared by the next save. */
+  outOfSpace: boolean;
   /** Save-pool bytes holding RW snapshots' own data (not bounded by the quota). */
   savePoolRwBytes: number;
   journalBytes: number;

@@ -36,6 +36,7 @@ export function volumeStats(core: VolumeCore): VolumeStats {
     snapshotsInvalidatedTotal: core.counters.invalidations,
     snapshotsSacrificedTotal: core.counters.sacrificed,
     writesRefusedTotal: core.counters.writesRefused,
+    outOfSpace: core.counters.outOfSpace,
     savePoolRwBytes: core.pool.rwSlots * bs,
     journalBytes: core.metaStore.journalBytes(),
     checkpointsTotal: core.counters.checkpoints,

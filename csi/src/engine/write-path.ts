@@ -211,6 +211,7 @@ async function saveBeforeImage(core: VolumeCore, b: number): Promise<Uint8Array>
       tail.map.set(b, slot);
       core.committer.append({ type: 'cow', snapId: tail.id, block: b, slot, sum: blockChecksum(old) });
       core.counters.cowCopies++;
+      core.counters.outOfSpace = false;
       return old;
     }
     const needy = core.queue.needyEntries(b, core.granuleShift);
