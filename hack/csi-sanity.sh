@@ -101,6 +101,7 @@ start_plugin() { # dir
     --node-id "sanity-node" \
     --state-dir "$dir/state" \
     --endpoint "unix://$dir/csi.sock" \
+    --kubelet-dir "$dir" \
     --log-level "${LOOPSNAP_SANITY_LOG_LEVEL:-info}" \
     >"$dir/plugin.log" 2>&1 &
   PLUGIN_PID=$!

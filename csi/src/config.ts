@@ -38,6 +38,10 @@ export interface Config {
   readonly shutdownGraceSeconds: number;
   readonly kubeletRegistrationSocket: string;
   readonly kubeletRegistrationPath: string;
+  /** Staging and target paths must lie below it (csi/src/mount/confined-path.ts). */
+  readonly kubeletDir: string;
+  /** Bound of every file-system call on a staging or target path, seconds. */
+  readonly pathTimeoutSeconds: number;
 }
 
 type Kind = 'string' | 'int' | 'bool';
@@ -204,6 +208,18 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     def: '',
     help: "path of --endpoint's socket as the kubelet sees it on the host (e.g. /var/lib/kubelet/plugins/csi.loopsnap.dev/csi.sock); required with --kubelet-registration-socket",
   },
+  'kubelet-dir': {
+    key: 'kubeletDir',
+    kind: 'string',
+    def: '/var/lib/kubelet',
+    help: "the kubelet's root directory; staging and target paths must lie below it (INVALID_ARGUMENT otherwise)",
+  },
+  'path-timeout-seconds': {
+    key: 'pathTimeoutSeconds',
+    kind: 'int',
+    def: 10,
+    help: 'bound of each file-system call on a staging or target path (lookup, mkdir, remove, statfs), seconds; mounts and unmounts get 120',
+  },
 };
 
 export class ConfigError extends Error {}
@@ -296,6 +312,24 @@ function validate(c: Config): void {
     throw new ConfigError('the node registry (--kubeconfig/--in-cluster) needs --tcp-endpoint or --advertise-endpoint');
   }
   validateKubeletRegistration(c);
+  validateKubeletDir(c);
+}
+
+/** Directories no kubelet dir may be or lie in (the kernel's and the system's own trees). */
+const SYSTEM_DIRS = ['/proc', '/sys', '/dev', '/etc', '/boot', '/bin', '/sbin', '/lib', '/usr'];
+
+function validateKubeletDir(c: Config): void {
+  const k = c.kubeletDir;
+  if (!k.startsWith('/') || k.includes('\0') || k.split('/').some((s) => s === '..' || s === '.')) {
+    throw new ConfigError(`--kubelet-dir must be an absolute path without . or .. segments, got ${JSON.stringify(k)}`);
+  }
+  const n = k.replace(/\/+/g, '/').replace(/\/$/, '');
+  if (n === '' || SYSTEM_DIRS.some((d) => n === d || n.startsWith(`${d}/`))) {
+    throw new ConfigError(`--kubelet-dir ${k} is / or a system directory`);
+  }
+  if (c.pathTimeoutSeconds < 1 || c.pathTimeoutSeconds > 600) {
+    throw new ConfigError('--path-timeout-seconds must be between 1 and 600');
+  }
 }
 
 // sun_path holds 108 bytes with the terminating NUL.

@@ -68,6 +68,38 @@ export const CSI_ERRORS = {
   CSI_ERR_UNIMPLEMENTED: { grpc: 'UNIMPLEMENTED', doc: 'An RPC or option this driver does not offer (yet)' },
   CSI_ERR_NOT_READY_SERVICE: { grpc: 'UNAVAILABLE', doc: 'The driver is starting or stopping' },
   CSI_ERR_STATE_CORRUPT: { grpc: 'DATA_LOSS', doc: 'A driver state file failed to parse or validate' },
+  CSI_ERR_PATH_NOT_ALLOWED: {
+    grpc: 'INVALID_ARGUMENT',
+    doc: 'A staging or target path that is relative, has `..`, NUL or control characters, lies outside the kubelet directory, in or above the state directory, inside a mount of this plugin, or in procfs/sysfs',
+  },
+  CSI_ERR_PATH_SYMLINK: {
+    grpc: 'INVALID_ARGUMENT',
+    doc: 'A component of a staging or target path is a symbolic link (none is followed below the kubelet directory)',
+  },
+  CSI_ERR_PATH_UNUSABLE: {
+    grpc: 'INVALID_ARGUMENT',
+    doc: 'A parent of a staging or target path is missing or not a directory, or a call on it failed (errno in the message)',
+  },
+  CSI_ERR_TARGET_IN_THE_WAY: {
+    grpc: 'INVALID_ARGUMENT',
+    doc: 'Stage/publish onto an existing non-empty directory or file, a foreign mount, or an object of the wrong type: the mount would hide it',
+  },
+  CSI_ERR_TARGET_NOT_EMPTY: {
+    grpc: 'FAILED_PRECONDITION',
+    doc: 'Unpublish unmounted the volume, but the target the plugin created holds files written while nothing was mounted there (listed in the message); they are kept',
+  },
+  CSI_ERR_PATH_TIMEOUT: {
+    grpc: 'DEADLINE_EXCEEDED',
+    doc: 'A file-system call on a staging or target path did not return within --path-timeout-seconds (a hung mount on the path)',
+  },
+  CSI_ERR_BAD_MOUNT_FLAGS: {
+    grpc: 'INVALID_ARGUMENT',
+    doc: 'A mount flag is malformed, reserved (bind, loop, x-mount.*, ...) or refused by the file system',
+  },
+  CSI_ERR_NO_SPACE: {
+    grpc: 'RESOURCE_EXHAUSTED',
+    doc: 'ENOSPC or EDQUOT: the disk holding the state directory or the path is full',
+  },
   CSI_ERR_INTERNAL: { grpc: 'INTERNAL', doc: 'An unexpected failure (see the log line of the call)' },
 } as const satisfies Record<string, { grpc: GrpcStatusName; doc: string }>;
 
@@ -111,8 +143,31 @@ function statusByName(name: string | undefined): number | undefined {
  * its first member; everything else is INTERNAL with its message.
  */
 export function toGrpcStatus(err: unknown): GrpcStatusObject {
+  const s = statusOf(err);
+  // A full disk is RESOURCE_EXHAUSTED whatever wrapped the ENOSPC on its way up (a state file write, a tool).
+  if ((s.code === GrpcStatus.INTERNAL || s.code === GrpcStatus.UNKNOWN) && noSpaceIn(err)) {
+    return { code: GrpcStatus.RESOURCE_EXHAUSTED, details: s.details, errorCode: 'CSI_ERR_NO_SPACE' };
+  }
+  return s;
+}
+
+const NO_SPACE_ERRNOS = new Set(['ENOSPC', 'EDQUOT']);
+
+/** Whether `err` or an error in its cause chain is ENOSPC/EDQUOT (a Node system error or a tool's). */
+export function noSpaceIn(err: unknown): boolean {
+  let e: unknown = err;
+  for (let depth = 0; depth < 8 && e instanceof Error; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && (NO_SPACE_ERRNOS.has(code) || code === 'DP_ERR_NO_SPACE')) return true;
+    if (e instanceof AggregateError && e.errors.some((x) => noSpaceIn(x))) return true;
+    e = e.cause;
+  }
+  return false;
+}
+
+function statusOf(err: unknown): GrpcStatusObject {
   if (err instanceof AggregateError && err.errors.length > 0 && !(err instanceof LoopsnapError)) {
-    const first = toGrpcStatus(err.errors[0]);
+    const first = statusOf(err.errors[0]);
     return { ...first, details: `${err.message}: ${first.details}` };
   }
   if (err instanceof LoopsnapError) {

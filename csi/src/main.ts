@@ -16,7 +16,7 @@
 //   what is still staged (pods lose their volumes with the plugin anyway; this way no loop device outlives
 //   it), close the engine volumes (flush + checkpoint) and unmount FUSE.
 // Exit codes: 0 after a clean stop, 1 when start-up fails, 2 for bad flags (one-line reason on stderr).
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile, realpath, rm } from 'node:fs/promises';
 import type { Server as HttpServer } from 'node:http';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,6 +38,7 @@ import { VolumeService } from './driver/volume-service.js';
 import { agentService } from './grpc/agent-server.js';
 import { buildNodeServer, buildRemoteServer, listen, type ServerDeps, shutdown } from './grpc/server.js';
 import { mutualTlsCredentials } from './grpc/tls.js';
+import { ConfinedPaths } from './mount/confined-path.js';
 import { removeStaleSocket } from './grpc/unix-socket.js';
 import { DriverState } from './state/driver-state.js';
 import { registrationService } from './kubelet-registration/proto.js';
@@ -59,6 +60,25 @@ async function packageVersion(): Promise<string> {
   } catch {
     return '0.0.0-unknown';
   }
+}
+
+/** Staging/target path confinement below --kubelet-dir (both directories also by their real paths). */
+async function confinedPaths(config: Config, log: Logger): Promise<ConfinedPaths> {
+  const real = (p: string): Promise<string[]> =>
+    realpath(p).then(
+      (r) => [r],
+      () => [],
+    );
+  return new ConfinedPaths({
+    policy: {
+      kubeletDir: config.kubeletDir,
+      kubeletDirAliases: await real(config.kubeletDir),
+      stateDir: config.stateDir,
+      stateDirAliases: await real(config.stateDir),
+      timeoutMs: config.pathTimeoutSeconds * 1000,
+    },
+    log,
+  });
 }
 
 interface Running {
@@ -149,7 +169,7 @@ async function start(config: Config, log: Logger, keeper: KeeperLink | undefined
       volumes: () => backend.volumeSamples(),
       jobs: () => [...backend.jobSamples(), ...agent.jobSamples()],
     });
-    running.node = new NodeService(driver);
+    running.node = new NodeService(driver, await confinedPaths(config, log));
     const deps: ServerDeps = {
       log,
       metrics,

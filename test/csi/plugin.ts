@@ -163,6 +163,8 @@ export class PluginProcess {
       `unix://${join(dir, 'csi.sock')}`,
       '--log-level',
       'debug',
+      // Staging and target paths of these tests lie under the work dir (the kubelet's dir on a real node).
+      ...(opts.extraArgs?.some((a) => a.startsWith('--kubelet-dir')) ? [] : ['--kubelet-dir', dir]),
       ...(opts.extraArgs ?? []),
     ];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });

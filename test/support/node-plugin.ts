@@ -100,6 +100,8 @@ export class NodePlugin {
         `unix://${join(dir, 'csi.sock')}`,
         '--log-level',
         opts.logLevel ?? 'info',
+        // Staging and target paths lie under the work dir (the kubelet's dir on a real node).
+        ...(opts.args?.some((a) => a.startsWith('--kubelet-dir')) ? [] : ['--kubelet-dir', dir]),
         ...(opts.args ?? []),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },

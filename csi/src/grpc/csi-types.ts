@@ -201,6 +201,21 @@ export function int64(value: Int64 | undefined | null): number {
   return Number.isFinite(n) ? n : Number.NaN;
 }
 
+export const INT64_MAX = (1n << 63n) - 1n;
+export const INT64_MIN = -(1n << 63n);
+
+/**
+ * Reads an int64 field exactly (no Number rounding above 2^53); 0n when unset. undefined when it is not an
+ * integer of the int64 range (the wire decodes int64 as decimal strings; numbers come from JSON clients).
+ */
+export function int64Exact(value: Int64 | undefined | null): bigint | undefined {
+  if (value === undefined || value === null || value === '') return 0n;
+  if (typeof value === 'number') return Number.isSafeInteger(value) ? BigInt(value) : undefined;
+  if (!/^-?[0-9]{1,19}$/.test(value)) return undefined;
+  const n = BigInt(value);
+  return n > INT64_MAX || n < INT64_MIN ? undefined : n;
+}
+
 /** A google.protobuf.Timestamp for a time in ms since the epoch. */
 export function timestamp(ms: number): { seconds: string; nanos: number } {
   const seconds = Math.floor(ms / 1000);

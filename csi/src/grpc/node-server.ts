@@ -13,7 +13,7 @@ import type {
   NodeUnpublishVolumeRequest,
   NodeUnstageVolumeRequest,
 } from './csi-types.js';
-import { int64 } from './csi-types.js';
+import { nonNegativeInt64Exact } from '../driver/capacity.js';
 import { type HandlerDeps, unary } from './handler.js';
 import { requireCapability, requirePath, requireString } from './validate.js';
 
@@ -97,13 +97,7 @@ export function nodeHandlers(deps: NodeDeps): grpc.UntypedServiceImplementation 
       const volumeId = requireString('volume_id', req.volume_id);
       const volumePath = requireString('volume_path', req.volume_path);
       const range = req.capacity_range;
-      const requiredBytes = range ? int64(range.required_bytes) : 0;
-      if (!Number.isSafeInteger(requiredBytes) || requiredBytes < 0) {
-        throw new CsiError(
-          'CSI_ERR_INVALID_FIELD',
-          `capacity_range.required_bytes ${String(range?.required_bytes)} is invalid`,
-        );
-      }
+      const requiredBytes = nonNegativeInt64Exact('capacity_range.required_bytes', range?.required_bytes);
       const r = await node.expand({
         volumeId,
         volumePath,

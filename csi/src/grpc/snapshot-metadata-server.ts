@@ -6,7 +6,7 @@ import type * as grpc from '@grpc/grpc-js';
 import type { MetadataService, MetadataStream } from '../driver/metadata-service.js';
 import { CsiError } from '../errors.js';
 import {
-  int64,
+  int64Exact,
   type GetMetadataAllocatedRequest,
   type GetMetadataDeltaRequest,
   type MetadataResponse,
@@ -18,11 +18,12 @@ export interface SnapshotMetadataDeps extends HandlerDeps {
   readonly metadata: MetadataService;
 }
 
+/** starting_offset exactly; an int64 beyond 2^53 lies beyond every volume, so it is clamped (OUT_OF_RANGE later). */
 function startingOffset(value: string | number | undefined): number {
-  const n = int64(value);
-  if (!Number.isSafeInteger(n))
-    throw new CsiError('CSI_ERR_OFFSET', `starting_offset ${String(value)} is not an integer`);
-  return n;
+  const n = int64Exact(value);
+  if (n === undefined) throw new CsiError('CSI_ERR_OFFSET', `starting_offset ${String(value)} is not an int64`);
+  const max = BigInt(Number.MAX_SAFE_INTEGER);
+  return Number(n > max ? max : n);
 }
 
 async function pump(

@@ -32,6 +32,11 @@ export const DATAPATH_ERRORS = {
   DP_ERR_MOUNT: { grpc: 'INTERNAL', errno: 5, doc: 'Mounting or unmounting failed' },
   DP_ERR_FREEZE: { grpc: 'INTERNAL', errno: 5, doc: 'Freezing or thawing a file system failed' },
   DP_ERR_NOT_STAGED: { grpc: 'FAILED_PRECONDITION', errno: 22, doc: 'Publish of a volume that is not staged' },
+  DP_ERR_NO_SPACE: {
+    grpc: 'RESOURCE_EXHAUSTED',
+    errno: 28,
+    doc: 'A system tool failed with ENOSPC or EDQUOT (the disk or a quota is full)',
+  },
 } as const;
 
 export type DatapathErrorCode = keyof typeof DATAPATH_ERRORS;

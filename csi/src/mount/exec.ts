@@ -46,26 +46,33 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
       stderr += d;
     });
     if (opts.input !== undefined) child.stdin?.end(opts.input);
-    let timedOut = false;
+    let settled = false;
+    // A child the kernel holds in an uninterruptible wait (a hung mount) outlives SIGKILL until the wait ends:
+    // the timeout settles the call without waiting for its exit.
     const timer = setTimeout(() => {
-      timedOut = true;
       child.kill('SIGKILL');
+      settled = true;
+      reject(new MountError('DP_ERR_TIMEOUT', `${cmd} ${args.join(' ')}: timed out after ${timeoutMs} ms`));
     }, timeoutMs);
     child.on('error', (err) => {
       clearTimeout(timer);
+      if (settled) return;
+      settled = true;
       reject(new MountError('DP_ERR_EXEC', `${cmd}: ${err.message}`, { cause: err, details: { cmd, args } }));
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      if (settled) return;
+      settled = true;
       const c = code ?? -1;
-      if (timedOut) {
-        reject(new MountError('DP_ERR_TIMEOUT', `${cmd} ${args.join(' ')}: timed out after ${timeoutMs} ms`));
-      } else if (okCodes.includes(c)) {
+      if (okCodes.includes(c)) {
         resolve({ code: c, stdout, stderr });
       } else {
         const why = firstLine(stderr) || firstLine(stdout) || (signal ? `killed by ${signal}` : `exit code ${c}`);
+        // ENOSPC from a tool (mkfs, mount, resize2fs, ...) is the disk's state, not a fault of the tool.
+        const noSpace = /No space left on device|Disk quota exceeded/.test(`${stderr}\n${stdout}`);
         reject(
-          new MountError('DP_ERR_EXEC', `${cmd} ${args.join(' ')}: ${why}`, {
+          new MountError(noSpace ? 'DP_ERR_NO_SPACE' : 'DP_ERR_EXEC', `${cmd} ${args.join(' ')}: ${why}`, {
             details: { cmd, args, code: c, stderr: stderr.slice(0, 2000) },
           }),
         );

@@ -57,6 +57,16 @@ export interface PublishRecord {
   readonly accessMode: string;
 }
 
+/**
+ * A staging or target directory or file the node plugin created (csi/src/mount/confined-path.ts): only such
+ * an entry is ever removed, and only while it is still the same object (device and inode, decimal strings).
+ */
+export interface CreatedPathRecord {
+  readonly kind: 'dir' | 'file';
+  readonly dev: string;
+  readonly ino: string;
+}
+
 export interface VolumeRecord {
   readonly version: number;
   readonly volumeId: string;
@@ -81,6 +91,12 @@ export interface VolumeRecord {
   readonly phase: Phase;
   readonly stage: StageRecord | null;
   readonly publish: Readonly<Record<string, PublishRecord>>;
+  /**
+   * Staging and target paths this plugin created for the volume, by path (optional within version 1). They
+   * outlive the stage/publish records (a restart clears those), so a later unpublish or unstage still removes
+   * what the plugin made, and nothing else.
+   */
+  readonly createdPaths?: Readonly<Record<string, CreatedPathRecord>>;
 }
 
 export interface SnapshotRecord {
@@ -139,7 +155,23 @@ export function parseVolumeRecord(file: string, raw: unknown): VolumeRecord {
   if (raw.parentVolumeId !== undefined && (typeof raw.parentVolumeId !== 'string' || !isVolumeId(raw.parentVolumeId))) {
     throw corrupt(file, 'bad parentVolumeId');
   }
+  if (raw.createdPaths !== undefined && !validCreatedPaths(raw.createdPaths)) throw corrupt(file, 'bad createdPaths');
   return raw as unknown as VolumeRecord;
+}
+
+function validCreatedPaths(v: unknown): boolean {
+  return (
+    isObj(v) &&
+    Object.values(v).every(
+      (c) =>
+        isObj(c) &&
+        (c.kind === 'dir' || c.kind === 'file') &&
+        typeof c.dev === 'string' &&
+        /^[0-9]+$/.test(c.dev) &&
+        typeof c.ino === 'string' &&
+        /^[0-9]+$/.test(c.ino),
+    )
+  );
 }
 
 export function parseSnapshotRecord(file: string, raw: unknown): SnapshotRecord {
