@@ -409,7 +409,13 @@ export class EngineBackend implements VolumeBackend {
 
   async condition(volumeId: string): Promise<VolumeCondition> {
     const kind = this.engine.backing(volumeId);
-    if (kind === undefined) return { abnormal: true, message: 'the engine volume is missing' };
+    if (kind === undefined) {
+      const why = this.engine.openFailure(volumeId);
+      return {
+        abnormal: true,
+        message: why === undefined ? 'the engine volume is missing' : `the engine volume failed to open: ${why}`,
+      };
+    }
     let invalid = 0;
     let outOfSpace = false;
     try {

@@ -92,6 +92,8 @@ export class EngineVolumes {
   private readonly rws = new Map<string, RwRef>();
   private readonly hydrations = new Map<string, Hydration>();
   private readonly imageJobs = new Map<string, { job: ExtentCopyJob; source: CopySource }>();
+  /** Engine volumes that failed to open at start (damaged, or no space to recover): id -> why. */
+  private readonly openFailures = new Map<string, string>();
   private readonly log: Logger;
   private listener: JobDoneListener = async () => undefined;
 
@@ -118,7 +120,9 @@ export class EngineVolumes {
       const opened = await Promise.all(
         ids.map((id) =>
           this.factory.open(store, id).catch((err: unknown) => {
+            // The plugin starts anyway and serves every other volume; this one reports abnormal (issue 15).
             this.log.error({ err, store, id }, 'Failed to open an engine volume; leaving it alone');
+            this.openFailures.set(id, (err as Error).message);
             return undefined;
           }),
         ),
@@ -168,6 +172,11 @@ export class EngineVolumes {
       throw new CsiError('CSI_ERR_VOLUME_NOT_FOUND', `engine volume ${volumeId} is not open`);
     }
     return v;
+  }
+
+  /** Why the engine volume of `id` could not be opened at start, if it could not. */
+  openFailure(id: string): string | undefined {
+    return this.openFailures.get(id);
   }
 
   /** Engine volume by store and id (images included), if open. */

@@ -19,6 +19,7 @@ import { RwMeta, type RwEntry } from './rw-snapshot.js';
 import { collectAutoDeletes } from './snapshot-gc.js';
 import { SNAP_FLAG_AUTO_DELETE, SNAP_FLAG_HIDDEN, SNAP_FLAG_RESTORING, type SnapshotEntry } from './snapshot-queue.js';
 import type { VolumeCore } from './volume-core.js';
+import { giveBackFreeSlots } from './space-policy.js';
 
 export interface OpsContext {
   readonly core: VolumeCore;
@@ -212,6 +213,7 @@ export async function deleteRw(ctx: OpsContext, id: number): Promise<number[]> {
   const deleted = collectAutoDeletes(core);
   await core.committer.barrier();
   core.pool.commitFrees();
+  await giveBackFreeSlots(core);
   return deleted;
 }
 

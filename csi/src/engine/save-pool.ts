@@ -100,6 +100,18 @@ export class SavePool {
     this.quarantine = [];
   }
 
+  /** Reusable free slots as ascending runs [start, count] (quarantined ones excluded). */
+  freeRuns(): [number, number][] {
+    const sorted = [...this.free].sort((a, b) => a - b);
+    const runs: [number, number][] = [];
+    for (const s of sorted) {
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last[0] + last[1] === s) last[1]++;
+      else runs.push([s, 1]);
+    }
+    return runs;
+  }
+
   isAllocated(slot: number): boolean {
     return slot < this.highWater && ((this.allocated[slot >>> 5]! >>> (slot & 31)) & 1) === 1;
   }

@@ -85,6 +85,20 @@ export async function makeRoom(core: VolumeCore, needy: readonly SnapshotEntry[]
   return true;
 }
 
+/**
+ * Gives the space of every free save slot back to the file system (BlockDevice.discard: a punched hole), so
+ * that a deleted snapshot's or RW snapshot's space comes back although the slots stay in the pool. Called
+ * with the gate held exclusively after commitFrees(): no allocation runs meanwhile. A hint: failures of the
+ * device to punch are ignored by the device.
+ */
+export async function giveBackFreeSlots(core: VolumeCore): Promise<void> {
+  const end = core.save.blockCount();
+  for (const [start, count] of core.pool.freeRuns()) {
+    if (start >= end) break;
+    await core.save.discard(start, Math.min(count, end - start));
+  }
+}
+
 /** The error of a production write refused because only pinned snapshots need the space (counted). */
 export function pinnedFull(core: VolumeCore, b: number, needy: readonly SnapshotEntry[]): EngineError {
   core.counters.writesRefused++;

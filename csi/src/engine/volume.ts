@@ -28,6 +28,7 @@ import { SNAP_FLAG_AUTO_DELETE, SNAP_FLAG_HIDDEN } from './snapshot-queue.js';
 import { VolumeCore } from './volume-core.js';
 import { checkMethod, checkTag, VolumeBase } from './volume-base.js';
 import { restoreStatus, rwInfo } from './volume-report.js';
+import { giveBackFreeSlots } from './space-policy.js';
 import {
   allocatorOf,
   BLOCK_SIZE_DEFAULT_BYTES,
@@ -147,6 +148,7 @@ export class SnapshotVolume extends VolumeBase {
       core.committer.append({ type: 'snap-delete', snapId: id });
       await core.committer.barrier();
       core.pool.commitFrees();
+      await giveBackFreeSlots(core);
       return { deferred: false };
     });
   }

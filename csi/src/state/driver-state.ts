@@ -3,6 +3,8 @@
 // indexes, and written through on every change. Invariant: memory never runs ahead of disk; a put or
 // remove updates the maps only after the file change is durable, so whatever a caller was told survives a
 // crash. Writes to one file are serialised (they share a temp name); different files proceed in parallel.
+// On a full disk a write gives the space reserve back and is tried once more (space-reserve.ts), so the
+// records of deletes and unpublishes always land; removals take the reserve again when space came back.
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fsyncDir, writeFileAtomic } from '../../../common/src/atomic-file.js';
@@ -10,6 +12,7 @@ import type { Logger } from '../../../common/src/log.js';
 import { CsiError } from '../errors.js';
 import { isSnapshotId, isVolumeId } from './ids.js';
 import { parseSnapshotRecord, parseVolumeRecord, type SnapshotRecord, type VolumeRecord } from './records.js';
+import { SPACE_RESERVE_DEFAULT_BYTES, SpaceReserve } from './space-reserve.js';
 
 export const STATE_SUBDIR = 'csi';
 
@@ -20,7 +23,10 @@ export class DriverState {
   private readonly snapshotIdByName = new Map<string, string>();
   private readonly fileQueues = new Map<string, Promise<void>>();
 
-  private constructor(readonly dir: string) {}
+  private constructor(
+    readonly dir: string,
+    readonly reserve: SpaceReserve,
+  ) {}
 
   get volumesDir(): string {
     return join(this.dir, 'volumes');
@@ -31,10 +37,18 @@ export class DriverState {
   }
 
   /** Loads `<stateDir>/csi`; creates it when missing. A record that fails validation stops the load. */
-  static async load(stateDir: string, log: Logger): Promise<DriverState> {
-    const s = new DriverState(join(stateDir, STATE_SUBDIR));
-    await mkdir(s.volumesDir, { recursive: true, mode: 0o700 });
-    await mkdir(s.snapshotsDir, { recursive: true, mode: 0o700 });
+  static async load(
+    stateDir: string,
+    log: Logger,
+    reserveBytes: number = SPACE_RESERVE_DEFAULT_BYTES,
+  ): Promise<DriverState> {
+    const dir = join(stateDir, STATE_SUBDIR);
+    const s = new DriverState(dir, new SpaceReserve(join(dir, 'space-reserve'), reserveBytes, log));
+    await s.reserve.withReserve('mkdir', async () => {
+      await mkdir(s.volumesDir, { recursive: true, mode: 0o700 });
+      await mkdir(s.snapshotsDir, { recursive: true, mode: 0o700 });
+    });
+    await s.reserve.ensure();
     for (const rec of await readRecords(s.volumesDir, isVolumeId, parseVolumeRecord)) s.indexVolume(rec);
     for (const rec of await readRecords(s.snapshotsDir, isSnapshotId, parseSnapshotRecord)) s.indexSnapshot(rec);
     log.info({ volumes: s.volumesById.size, snapshots: s.snapshotsById.size, path: s.dir }, 'Loaded driver state');
@@ -141,13 +155,15 @@ export class DriverState {
   }
 
   private writeRecord(path: string, rec: object): Promise<void> {
-    return this.serial(path, () => writeFileAtomic(path, `${JSON.stringify(rec, null, 2)}\n`));
+    const text = `${JSON.stringify(rec, null, 2)}\n`;
+    return this.serial(path, () => this.reserve.withReserve('record write', () => writeFileAtomic(path, text)));
   }
 
   private removeRecord(path: string): Promise<void> {
     return this.serial(path, async () => {
       await rm(path, { force: true });
-      await fsyncDir(join(path, '..'));
+      await this.reserve.withReserve('record removal', () => fsyncDir(join(path, '..')));
+      void this.reserve.ensure();
     });
   }
 }

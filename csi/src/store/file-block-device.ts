@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // BlockDevice over a sparse file: block b at byte b * blockSize, positional I/O, fdatasync for flush.
-// Blocks never written are holes and read as zeros. Node exposes no fallocate(2), so discard is a no-op
-// (the engine never relies on it); space comes back when the save pool is trimmed with truncate.
+// Blocks never written are holes and read as zeros. discard punches a hole (fallocate(2) through koffi,
+// punch-hole.ts) so that the space of free save-pool slots goes back to the file system; where that is not
+// possible it does nothing (a hint: the engine never relies on it) and space comes back when the save pool
+// is trimmed with truncate.
 
 import type { BlockDevice } from '../engine/block-device.js';
 import { engineError } from '../engine/errors.js';
@@ -43,7 +45,9 @@ export class FileBlockDevice implements BlockDevice {
     }
   }
 
-  async discard(_block: number, _count: number): Promise<void> {}
+  async discard(block: number, count: number): Promise<void> {
+    this.file.punchHole?.(block * this.blockSize, count * this.blockSize);
+  }
 
   async resize(blockCount: number): Promise<void> {
     this.io('truncate', () => this.file.truncate(blockCount * this.blockSize));

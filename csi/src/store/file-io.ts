@@ -5,6 +5,7 @@
 
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
+import { punchHole } from './punch-hole.js';
 
 const fdatasync = promisify(fs.fdatasync);
 const fsyncAsync = promisify(fs.fsync);
@@ -16,6 +17,8 @@ export interface RandomAccessFile {
   read(position: number, into: Uint8Array): number;
   write(position: number, data: Uint8Array): void;
   truncate(size: number): void;
+  /** Gives [position, position + length) back to the file system (reads as zeros); false when it cannot. */
+  punchHole?(position: number, length: number): boolean;
   /** Makes the file's data and size durable. */
   sync(): Promise<void>;
   close(): void;
@@ -63,6 +66,10 @@ class NodeFile implements RandomAccessFile {
   write(position: number, data: Uint8Array): void {
     let done = 0;
     while (done < data.length) done += fs.writeSync(this.fd, data, done, data.length - done, position + done);
+  }
+
+  punchHole(position: number, length: number): boolean {
+    return punchHole(this.fd, position, length);
   }
 
   truncate(size: number): void {
