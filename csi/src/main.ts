@@ -38,7 +38,7 @@ import { VolumeService } from './driver/volume-service.js';
 import { agentService } from './grpc/agent-server.js';
 import { buildNodeServer, buildRemoteServer, listen, type ServerDeps, shutdown } from './grpc/server.js';
 import { mutualTlsCredentials } from './grpc/tls.js';
-import { ConfinedPaths } from './mount/confined-path.js';
+import { ConfinedPaths, exitPastStuckCalls } from './mount/confined-path.js';
 import { removeStaleSocket } from './grpc/unix-socket.js';
 import { DriverState } from './state/driver-state.js';
 import { registrationService } from './kubelet-registration/proto.js';
@@ -354,7 +354,8 @@ async function main(argv: readonly string[]): Promise<void> {
     // read stay in the kernel for the successor).
     const finish = (): Promise<void> => release(running).then(() => keeper!.released());
     (keeper ? finish().then(() => process.kill(process.pid, 'SIGKILL')) : stop(running)).then(
-      () => process.exit(0),
+      // process.exit joins worker threads; one abandoned in a hung mount below the kubelet dir never returns.
+      () => ((running.node?.stuckPathCalls() ?? 0) > 0 ? exitPastStuckCalls(0) : process.exit(0)),
       (err: unknown) => {
         log.error({ err }, 'Failed to stop cleanly');
         process.exit(1);

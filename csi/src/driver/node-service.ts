@@ -372,6 +372,11 @@ export class NodeService {
     return { volumes: done };
   }
 
+  /** Calls on staging/target paths abandoned after their timeout that are still in the kernel. */
+  stuckPathCalls(): number {
+    return this.paths.stuckCalls();
+  }
+
   // ----- internals --------------------------------------------------------------------------------------
 
   private volume(volumeId: string): VolumeRecord {

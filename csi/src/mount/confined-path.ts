@@ -18,6 +18,7 @@ import { closeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import koffi from 'koffi';
 import type { Logger } from '../../../common/src/log.js';
 import { CsiError } from '../errors.js';
 import { run } from './exec.js';
@@ -104,6 +105,9 @@ export function confinePath(
   }
   const path = strip(raw);
   const root = kubeletDirs.map(strip).find((k) => path !== k && isWithin(path, k));
+  if (root === undefined && kubeletDirs.map(strip).includes(path)) {
+    throw refuse(field, path, 'is the kubelet directory itself; it must lie below it');
+  }
   if (root === undefined) {
     throw refuse(field, path, `lies outside the kubelet directory ${strip(kubeletDirs[0] ?? '?')}`);
   }
@@ -173,6 +177,20 @@ export function pathWorkerScript(): string {
 interface Runner {
   call<T>(op: PathOpName, args: readonly unknown[], what: string): Promise<T>;
   close(): Promise<void>;
+  /** Calls abandoned after their timeout that have not returned yet. */
+  stuck(): number;
+}
+
+/**
+ * Ends the process with `code` at once (libc _exit). process.exit would join every worker thread first, and a
+ * path worker abandoned in a hung mount's killable wait never returns; exit_group ends it. Call it only after
+ * everything is flushed and closed.
+ */
+export function exitPastStuckCalls(code: number): never {
+  const c = koffi.load('libc.so.6');
+  const exit = c.func('void _exit(int)') as (status: number) => void;
+  exit(code);
+  throw new Error('_exit returned');
 }
 
 /** Runs path-ops.ts on this thread: for tests only (a hung call would hang the caller). */
@@ -182,6 +200,9 @@ class InlineRunner implements Runner {
     return fn(...args) as T;
   }
   async close(): Promise<void> {}
+  stuck(): number {
+    return 0;
+  }
 }
 
 /** Late replies of abandoned calls may carry descriptors: close them. */
@@ -193,7 +214,7 @@ function fdsIn(value: unknown): number[] {
 
 class WorkerRunner implements Runner {
   private readonly idle: Worker[] = [];
-  private stuck = 0;
+  private stuckCount = 0;
   private nextId = 1;
   private closed = false;
 
@@ -216,7 +237,7 @@ class WorkerRunner implements Runner {
   }
 
   private abandon(w: Worker, id: number): void {
-    this.stuck++;
+    this.stuckCount++;
     const late = (r: PathReply): void => {
       if (r.id !== id) return;
       w.off('message', late);
@@ -225,16 +246,16 @@ class WorkerRunner implements Runner {
     };
     w.on('message', late);
     w.once('exit', () => {
-      this.stuck--;
+      this.stuckCount--;
     });
   }
 
   call<T>(op: PathOpName, args: readonly unknown[], what: string): Promise<T> {
-    if (this.stuck >= MAX_STUCK_WORKERS) {
+    if (this.stuckCount >= MAX_STUCK_WORKERS) {
       return Promise.reject(
         new CsiError(
           'CSI_ERR_PATH_TIMEOUT',
-          `${what}: ${this.stuck} earlier file-system calls on staging or target paths are still hanging (a hung mount below the kubelet directory?); refusing more until they return`,
+          `${what}: ${this.stuckCount} earlier file-system calls on staging or target paths are still hanging (a hung mount below the kubelet directory?); refusing more until they return`,
         ),
       );
     }
@@ -277,6 +298,10 @@ class WorkerRunner implements Runner {
   async close(): Promise<void> {
     this.closed = true;
     await Promise.all(this.idle.splice(0).map((w) => w.terminate()));
+  }
+
+  stuck(): number {
+    return this.stuckCount;
   }
 }
 
@@ -543,5 +568,10 @@ export class ConfinedPaths {
 
   async close(): Promise<void> {
     await this.runner.close();
+  }
+
+  /** File-system calls abandoned after their timeout that are still in the kernel. */
+  stuckCalls(): number {
+    return this.runner.stuck();
   }
 }
