@@ -116,6 +116,23 @@ describe('parseConfig', () => {
     });
   });
 
+  it('8-9 kubelet dir (default /var/lib/kubelet) and path timeout', () => {
+    expect(parseConfig(base)).toMatchObject({ kubeletDir: '/var/lib/kubelet', pathTimeoutSeconds: 10 });
+    const c = parseConfig([...base, '--kubelet-dir=/var/lib/k0s/kubelet', '--path-timeout-seconds', '3']);
+    expect(c).toMatchObject({ kubeletDir: '/var/lib/k0s/kubelet', pathTimeoutSeconds: 3 });
+  });
+
+  it.each([
+    ['8-10a relative kubelet dir', ['--kubelet-dir', 'kubelet'], /absolute path/],
+    ['8-10b root', ['--kubelet-dir', '/'], /system directory/],
+    ['8-10c /etc', ['--kubelet-dir', '/etc/kubelet'], /system directory/],
+    ['8-10d /proc', ['--kubelet-dir', '/proc/1/root'], /system directory/],
+    ['8-10e dot-dot', ['--kubelet-dir', '/var/lib/../etc'], /without \. or \.\./],
+    ['8-10f zero timeout', ['--path-timeout-seconds', '0'], /between 1 and 600/],
+  ])('%s', (_n, argv, message) => {
+    expect(() => parseConfig([...base, ...argv])).toThrow(message);
+  });
+
   it('8-5 help lists every flag with its default', () => {
     const h = helpText();
     for (const name of Object.keys(FLAGS)) expect(h).toContain(`--${name}`);

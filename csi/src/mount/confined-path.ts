@@ -60,6 +60,8 @@ export interface CreatedEntry {
   readonly kind: 'dir' | 'file';
   readonly dev: string;
   readonly ino: string;
+  /** Birth time, ns: an inode number may be reused by a later object at the same path. */
+  readonly born?: string;
 }
 
 function strip(p: string): string {
@@ -422,7 +424,7 @@ export class ConfinedPaths {
           l.name,
           c.path,
         ]);
-        return { entry: made, created: { kind, dev: made.dev, ino: made.ino } };
+        return { entry: made, created: { kind, dev: made.dev, ino: made.ino, born: made.born } };
       }
       if (e.kind === 'symlink') throw failureError(c, { reason: 'symlink', at: c.path });
       if (await accept(e)) return { entry: e, created: null };

@@ -61,6 +61,8 @@ export interface EntryStat {
   readonly ino: string;
   readonly rdev: string;
   readonly size: number;
+  /** Birth time in ns ('0' where the file system does not keep it): inode numbers are reused. */
+  readonly born: string;
 }
 
 /** Why a path operation failed; `at` is the path (prefix) concerned. */
@@ -111,7 +113,14 @@ function kindOf(s: BigIntStats): EntryKind {
 }
 
 function entryOf(s: BigIntStats): EntryStat {
-  return { kind: kindOf(s), dev: String(s.dev), ino: String(s.ino), rdev: String(s.rdev), size: Number(s.size) };
+  return {
+    kind: kindOf(s),
+    dev: String(s.dev),
+    ino: String(s.ino),
+    rdev: String(s.rdev),
+    size: Number(s.size),
+    born: String(s.birthtimeNs),
+  };
 }
 
 function errnoFailure(at: string, err: unknown): PathOpError {
@@ -246,7 +255,7 @@ export type RemoveOutcome =
 export function removeCreated(
   parentFd: number,
   name: string,
-  created: { readonly kind: EntryKind; readonly dev: string; readonly ino: string },
+  created: { readonly kind: EntryKind; readonly dev: string; readonly ino: string; readonly born?: string },
   at: string,
 ): RemoveOutcome {
   let s: EntryStat;
@@ -256,7 +265,9 @@ export function removeCreated(
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { outcome: 'gone' };
     throw errnoFailure(at, err);
   }
-  if (s.kind !== created.kind || s.dev !== created.dev || s.ino !== created.ino) return { outcome: 'not-ours' };
+  const reborn = created.born !== undefined && created.born !== '0' && s.born !== created.born;
+  if (s.kind !== created.kind || s.dev !== created.dev || s.ino !== created.ino || reborn)
+    return { outcome: 'not-ours' };
   try {
     if (s.kind === 'dir') rmdirSync(fdPath(parentFd, name));
     else if (s.size > 0) return { outcome: 'not-empty', listing: null, size: s.size };

@@ -65,6 +65,8 @@ export interface CreatedPathRecord {
   readonly kind: 'dir' | 'file';
   readonly dev: string;
   readonly ino: string;
+  /** Birth time in ns, '0' where the file system keeps none (inode numbers are reused). */
+  readonly born?: string;
 }
 
 export interface VolumeRecord {
@@ -169,7 +171,8 @@ function validCreatedPaths(v: unknown): boolean {
         typeof c.dev === 'string' &&
         /^[0-9]+$/.test(c.dev) &&
         typeof c.ino === 'string' &&
-        /^[0-9]+$/.test(c.ino),
+        /^[0-9]+$/.test(c.ino) &&
+        (c.born === undefined || (typeof c.born === 'string' && /^[0-9]+$/.test(c.born))),
     )
   );
 }
