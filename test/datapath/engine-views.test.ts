@@ -12,6 +12,7 @@ import type { LoopDevice } from '../../csi/src/mount/loop-device.js';
 import { checkFs, type FsType } from '../../csi/src/mount/filesystem.js';
 import { mountDevice } from '../../csi/src/mount/mounts.js';
 import { publishFilesystem, stageFilesystem } from '../../csi/src/mount/stage.js';
+import { writeDurable } from '../csi/volumes.js';
 import {
   ensureBuilt,
   type HostClient,
@@ -362,6 +363,8 @@ describe('data path: engine views through FUSE and loop devices', () => {
       const sums: Array<{ device: string; sum: string }> = [];
       for (let i = 0; i < 3; i++) {
         await new Promise((r) => setTimeout(r, 1500));
+        // A block of our own before each cut: the cuts differ even when a loaded machine lets fio finish early.
+        await writeDurable(loop.device, 4096 * (1000 + i), randomBytes(4096));
         const snap = await host.call<SnapshotInfo>('snapshot', { volumeId });
         const snapLoop = await attachSnapshot(host, volumeId, snap.id);
         const first = sha256(await readDevice(snapLoop.device));
