@@ -461,6 +461,22 @@ export class NodeService {
     }
     let formatted = false;
     if (!readOnly) formatted = (await formatIfNeeded(loop.device, fsType)).formatted;
+    else {
+      // A read-only stage never formats: say so instead of mount(8)'s "wrong fs type, bad superblock".
+      const existing = await probeFsType(loop.device);
+      if (existing === undefined) {
+        throw new CsiError(
+          'CSI_ERR_CAPABILITY_MISMATCH',
+          `volume ${cur.volumeId} holds no file system yet, and a read-only stage does not format it: stage it writable first`,
+        );
+      }
+      if (existing !== fsType) {
+        throw new CsiError(
+          'CSI_ERR_CAPABILITY_MISMATCH',
+          `volume ${cur.volumeId} holds ${existing}, not ${fsType}; a read-only stage mounts what is there`,
+        );
+      }
+    }
     if (formatted) this.d.log.info({ volumeId: cur.volumeId, device: loop.device, fsType }, 'Formatted volume');
     const top = (await mountsAt(c.path)).at(-1);
     if (top && !(top.major === loop.major && top.minor === loop.minor)) {
