@@ -239,6 +239,8 @@ describe('registration with the kubelet', () => {
       const csiSocket = flag(plugin, 'endpoint')!.replace(/^unix:\/\//, '');
       expect(flag(plugin, 'kubelet-registration-path')).toBe(`${kubelet}/plugins/csi.loopsnap.dev/csi.sock`);
       expect(onHost(ds, plugin, csiSocket)).toBe(flag(plugin, 'kubelet-registration-path'));
+      // Staging and target paths are confined below it (issue 15 finding 3).
+      expect(flag(plugin, 'kubelet-dir')).toBe(kubelet);
       // Every kubelet path derives from node.kubeletDir.
       const kubeletPaths = podSpec(ds)
         .volumes.map((v) => v.hostPath?.path ?? '')
