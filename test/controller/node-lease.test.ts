@@ -6,6 +6,7 @@ import { KubeRest } from '../../common/src/kube-rest.js';
 import { ANN_CAPACITY_BYTES, ANN_ENDPOINT, ANN_VERSION, NODE_LEASE_LABEL } from '../../common/src/node-lease-format.js';
 import { type NodeLeaseHandle, startNodeLease } from '../../csi/src/registry/node-lease.js';
 import { useCluster } from '../support/cluster.js';
+import { waitFor } from '../support/wait.js';
 
 interface Lease {
   metadata: { labels?: Record<string, string>; annotations?: Record<string, string>; resourceVersion: string };
@@ -56,6 +57,34 @@ describe('node plugin registry Lease', () => {
     expect(later.metadata.resourceVersion).not.toBe(first.metadata.resourceVersion);
     expect(Date.parse(later.spec.renewTime ?? '')).toBeGreaterThan(Date.parse(first.spec.renewTime ?? ''));
     expect(later.metadata.annotations?.[ANN_CAPACITY_BYTES]).toBe('2000');
+  });
+
+  it('goes on renewing after a renewal failed (API server away, capacity unreadable)', async () => {
+    let failing = false;
+    const h = await startNodeLease({
+      kc: cluster.kc,
+      nodeId: 'node-c',
+      endpoint: '127.0.0.1:9822',
+      capacityBytes: () => {
+        if (failing) throw new Error('capacity unreadable');
+        return 7n;
+      },
+      version: '0.1.0',
+      namespace: cluster.namespace,
+      leaseDurationSeconds: 4,
+      renewIntervalMs: 200,
+    });
+    handles.push(h);
+    await h.ready;
+    failing = true;
+    await expect(h.renewNow()).rejects.toThrow(/capacity unreadable/);
+    const before = Date.parse((await getLease('loopsnap-node-node-c')).spec.renewTime ?? '');
+    failing = false;
+    await h.renewNow();
+    await waitFor('a scheduled renewal after the failed one', async () => {
+      const t = Date.parse((await getLease('loopsnap-node-node-c')).spec.renewTime ?? '');
+      return t > before;
+    });
   });
 
   it('clears holderIdentity on stop so the node shows down at once', async () => {

@@ -6,9 +6,10 @@
 // connection (ADR 0011); a rollout with pods writing is test/node/upgrade.test.ts.
 import { describe, expect, it } from 'vitest';
 import { realNodeUsable, RELEASE_NS, useRealCluster } from '../support/real-node.js';
+import { waitFor } from '../support/wait.js';
 import { restartApiServer } from './lib/api-server.js';
 import { recordsOnNode, releaseContainer, stateDirOf, waitRestarted, watchOnNode } from './lib/node-host.js';
-import { fromSnapshot, volumeOf } from './lib/objects.js';
+import { fromSnapshot, getJson, volumeOf } from './lib/objects.js';
 import { fileSums, writeFiles } from './lib/pod-io.js';
 import { startPod, stopPod } from './lib/pods.js';
 import { waitReleaseReady } from './lib/release.js';
@@ -81,8 +82,21 @@ describe('faults with the release`s pods: a node plugin killed mid-CreateSnapsho
     const sums = writeFiles(c, 'k4-user', [64_000]);
     await stopPod(c, 'k4-user');
     await restartApiServer(c);
+    const back = Date.now();
     // Components that lost their Leases meanwhile exit and are restarted by the kubelet.
     await waitReleaseReady(c);
+    // Every node plugin renews its registry Lease again (a renewal that failed while the API server was away
+    // once failed every later one, and the controller then saw the node as gone).
+    for (const node of c.nodes) {
+      await waitFor(
+        `node plugin on ${node} renewing its Lease after the API server came back`,
+        () => {
+          const l = getJson<{ spec: { renewTime?: string } }>(c, ['-n', RELEASE_NS, 'lease', `loopsnap-node-${node}`]);
+          return Date.parse(l.spec.renewTime ?? '') > back;
+        },
+        { timeoutMs: 60_000, intervalMs: 500 },
+      );
+    }
     snapshot(c, 'k4-snap', 'k4');
     waitSnapshotReady(c, 'k4-snap');
     apply(c, claim(c.namespace, 'k4-r', { dataSource: fromSnapshot('k4-snap') }));

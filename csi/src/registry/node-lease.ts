@@ -124,8 +124,9 @@ export async function startNodeLease(opts: NodeLeaseOptions): Promise<NodeLeaseH
     throw new Error(`Lease ${namespace}/${name} kept changing under us (conflicts)`);
   };
 
+  // Renewals run one at a time; a failed one (API server away) must not fail every later one.
   const renew = (): Promise<void> => {
-    inFlight = inFlight.then(() => write(opts.nodeId));
+    inFlight = inFlight.catch(() => undefined).then(() => write(opts.nodeId));
     return inFlight;
   };
 
