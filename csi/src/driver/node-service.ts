@@ -258,8 +258,8 @@ export class NodeService {
 
   async stats(volumeId: string, volumePath: string): Promise<VolumeStats> {
     const rec = this.volume(volumeId);
-    const c = this.paths.confine('volume_path', volumePath);
-    const kind = this.pathKind(rec, c.path);
+    // The path must be one where the volume is staged or published (confined then); others are NOT_FOUND.
+    const kind = this.pathKind(rec, volumePath);
     const condition = await this.d.backend.condition(volumeId);
     if (kind === 'block') {
       const size = rec.capacityBytes;
@@ -267,12 +267,12 @@ export class NodeService {
     }
     let st;
     try {
-      st = await this.paths.usage(c);
+      st = await this.paths.usage(this.paths.confine('volume_path', volumePath));
     } catch (err) {
       return {
         bytes: { total: 0, used: 0, available: 0 },
         inodes: null,
-        condition: { abnormal: true, message: `statfs ${c.path}: ${(err as Error).message}` },
+        condition: { abnormal: true, message: `statfs ${volumePath}: ${(err as Error).message}` },
       };
     }
     return {
@@ -292,8 +292,9 @@ export class NodeService {
    */
   async expand(input: ExpandInput): Promise<{ capacityBytes: number }> {
     const rec = this.volume(input.volumeId);
-    const volumePath = this.paths.confine('volume_path', input.volumePath).path;
-    const stagingPath = input.stagingPath ? this.paths.confine('staging_target_path', input.stagingPath).path : '';
+    // Paths are compared with the records (staged or published there, confined then); nothing else is touched.
+    const volumePath = input.volumePath;
+    const stagingPath = input.stagingPath ?? '';
     const kind = this.pathKind(rec, volumePath);
     if (input.capability) {
       const t = this.checkCapability(rec, input.capability);
