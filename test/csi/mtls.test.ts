@@ -4,8 +4,10 @@
 // stays on the unix socket); a client without a certificate, with one from another CA, or without TLS is
 // refused. The plugin refuses to start plain TCP unless --insecure-tcp is given.
 import { spawnSync } from 'node:child_process';
+import { connect } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TLS_HANDSHAKE_TIMEOUT_MS } from '../../csi/src/grpc/tls.js';
 import { createTestPki, type TestPki } from '../support/tls.js';
 import {
   call,
@@ -104,6 +106,32 @@ describe('mutual TLS on the TCP endpoint (root: the plugin mounts FUSE)', () => 
       }
     }
     expect(plugin!.exited).toBe(false);
+  });
+
+  it.skipIf(!isRoot)('3-4 300 idle TCP connections are closed after the TLS handshake timeout', async () => {
+    const port = plugin!.tcpPort!;
+    const started = Date.now();
+    const closed = await Promise.all(
+      Array.from(
+        { length: 300 },
+        () =>
+          new Promise<number>((resolve, reject) => {
+            const s = connect({ host: '127.0.0.1', port });
+            s.on('error', reject);
+            s.on('close', () => resolve(Date.now() - started));
+            // A client that never says anything; give up after 4x the timeout.
+            s.setTimeout(4 * TLS_HANDSHAKE_TIMEOUT_MS, () => reject(new Error('still open')));
+          }),
+      ),
+    );
+    expect(Math.max(...closed)).toBeLessThan(4 * TLS_HANDSHAKE_TIMEOUT_MS);
+    expect(Math.min(...closed)).toBeGreaterThanOrEqual(TLS_HANDSHAKE_TIMEOUT_MS - 100);
+    const c = makeClients(address, grpc.credentials.createSsl(pki.ca.cert, pki.client.key, pki.client.cert));
+    try {
+      expect((await call<{ name: string }>(c.identity, 'GetPluginInfo')).name).toBe('csi.loopsnap.dev');
+    } finally {
+      closeClients(c);
+    }
   });
 
   it('3-3 plain TCP without --insecure-tcp is refused at start with a one-line reason', async () => {
