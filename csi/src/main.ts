@@ -11,6 +11,7 @@
 //   connection, which the data path takes over (no mount, loop device or record is touched); after a fresh
 //   mount the new descriptor goes up to the keeper. On `release` (a successor takes over) or SIGTERM: stop
 //   serving gRPC, then hand the data path over (backend.release: flush + close, connection kept) and exit 0.
+//   On `stop` (SIGTERM to the keeper with no successor): the full stop below, then exit 0.
 //   stop without a keeper (SIGTERM/SIGINT): remove the kubelet registration socket (the kubelet deregisters the driver), refuse
 //   new calls, let calls in flight finish (--shutdown-grace-seconds), release the Lease, unpublish/unstage
 //   what is still staged (pods lose their volumes with the plugin anyway; this way no loop device outlives
@@ -345,14 +346,15 @@ async function main(argv: readonly string[]): Promise<void> {
     return;
   }
   let stopping = false;
-  const onSignal = (signal: NodeJS.Signals | 'release'): void => {
+  const onSignal = (signal: NodeJS.Signals | 'release' | 'stop'): void => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, keeper ? 'Releasing node plugin' : 'Stopping node plugin');
+    const final = !keeper || signal === 'stop';
+    log.info({ signal }, final ? 'Stopping node plugin' : 'Releasing node plugin');
     // After a release the data-path workers sit in read(2) on /dev/fuse, which no exit() can join: the
     // process ends itself with SIGKILL (everything is flushed and closed by then; requests the workers had
     // read stay in the kernel for the successor).
-    const finish = (): Promise<void> => release(running).then(() => keeper!.released());
+    const finish = (): Promise<void> => (final ? stop(running) : release(running)).then(() => keeper!.released());
     (keeper ? finish().then(() => process.kill(process.pid, 'SIGKILL')) : stop(running)).then(
       // process.exit joins worker threads; one abandoned in a hung mount below the kubelet dir never returns.
       () => ((running.node?.stuckPathCalls() ?? 0) > 0 ? exitPastStuckCalls(0) : process.exit(0)),
@@ -364,7 +366,7 @@ async function main(argv: readonly string[]): Promise<void> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
-  keeper?.onRelease(() => onSignal('release'));
+  keeper?.onRelease((final) => onSignal(final ? 'stop' : 'release'));
 }
 
 void main(process.argv.slice(2));

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../support/paths.js';
 import { RecordWriter } from '../support/record-writers.js';
-import { call, cleanupDir, isRoot, MiB, PluginProcess } from './plugin.js';
+import { call, cleanupDir, isRoot, leftoversUnder, MiB, PluginProcess } from './plugin.js';
 import { capability, createSnapshot, createVolume, type Published, stageAndPublish } from './volumes.js';
 
 const execFileP = promisify(execFile);
@@ -203,6 +203,21 @@ describe('volumes outlive the node plugin (root: loop devices, FUSE, mounts; ADR
     while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     expect(pids.filter(alive)).toEqual([]);
   });
+
+  it.skipIf(!isRoot)(
+    '14-4 SIGTERM with no successor stops for good: exit 0, no mount or loop device left',
+    async () => {
+      const p = await PluginProcess.start({ extraArgs: ['--keeper'] });
+      plugins.push(p);
+      dir = p.dir;
+      const id = await createVolume(p, 'k-final', 'mount', 64 * MiB, {}, 'ext4');
+      await stageAndPublish(p, id, 'mount', 'ext4');
+      expect((await leftoversUnder(p.dir)).length).toBeGreaterThan(0);
+      expect(await p.stop()).toBe(0);
+      expect(p.logs('Stopped node plugin')).toHaveLength(1);
+      expect(await leftoversUnder(p.dir)).toEqual([]);
+    },
+  );
 
   it.skipIf(!isRoot)(
     `14-2 ${UPGRADES} upgrades by handover (new keeper, then SIGTERM to the old): no writer error, same mounts`,

@@ -7,8 +7,8 @@ import { recvFds, sendFds } from './fd-passing.js';
 import { type KeeperToServer, KEEPER_CHANNEL_ENV, type ServerToKeeper } from './keeper-protocol.js';
 
 export class KeeperLink {
-  private releaseHandler: (() => void) | undefined;
-  private releaseAsked = false;
+  private releaseHandler: ((final: boolean) => void) | undefined;
+  private releaseAsked: boolean | undefined;
   private readonly started: Promise<KeeperToServer & { t: 'start' }>;
 
   private constructor(
@@ -18,7 +18,8 @@ export class KeeperLink {
     this.started = new Promise((resolve, reject) => {
       process.on('message', (m: KeeperToServer) => {
         if (m?.t === 'start') resolve(m);
-        else if (m?.t === 'release') this.askRelease();
+        else if (m?.t === 'release') this.askRelease(false);
+        else if (m?.t === 'stop') this.askRelease(true);
       });
       // Without its keeper a server is an orphan nobody can hand over from or stop: it releases the data
       // path (engine flushed, mounts and loop devices left as they are) and exits. In a pod the keeper is
@@ -26,16 +27,16 @@ export class KeeperLink {
       process.on('disconnect', () => {
         this.log.warn('Lost the keeper process; releasing the data path');
         reject(new Error('the keeper process went away before it said start'));
-        this.askRelease();
+        this.askRelease(false);
       });
     });
     this.started.catch(() => undefined);
   }
 
-  private askRelease(): void {
-    if (this.releaseAsked) return;
-    this.releaseAsked = true;
-    this.releaseHandler?.();
+  private askRelease(final: boolean): void {
+    if (this.releaseAsked !== undefined) return;
+    this.releaseAsked = final;
+    this.releaseHandler?.(final);
   }
 
   /** The link when this process runs under a keeper (the channel variable is set and IPC is open). */
@@ -80,10 +81,13 @@ export class KeeperLink {
     });
   }
 
-  /** Calls `fn` when the keeper asks for the data path (a successor takes over, or the pod stops). */
-  onRelease(fn: () => void): void {
+  /**
+   * Calls `fn` when the keeper asks for the data path: `final` false when a successor takes it over (or the
+   * keeper is gone), true when the pod stops with no successor.
+   */
+  onRelease(fn: (final: boolean) => void): void {
     this.releaseHandler = fn;
-    if (this.releaseAsked) fn();
+    if (this.releaseAsked !== undefined) fn(this.releaseAsked);
   }
 
   private send(m: ServerToKeeper): void {

@@ -8,8 +8,11 @@
 //                     start {mode: adopt}      the connection's /dev/fuse descriptor is on the channel
 //   server -> keeper  connection {id}          after a fresh mount; the descriptor is on the channel
 //                     serving {pid}            the data path and CSI serve
-//   keeper -> server  release                  hand the data path over (successor, or SIGTERM)
-//   server -> keeper  released                 engine flushed and closed, requests wait in the kernel
+//   keeper -> server  release                  hand the data path over (a successor takes it)
+//                     stop                     SIGTERM with no successor: stop for good (unpublish, unstage,
+//                                              engine closed, FUSE unmounted), as without a keeper
+//   server -> keeper  released                 engine flushed and closed (after release: requests wait in
+//                                              the kernel for the successor)
 //
 // keeper <-> successor keeper: SEQPACKET socket `<stateDir>/keeper.sock`, JSON payloads.
 //   successor -> active  handover {pid}
@@ -25,7 +28,7 @@ export function keeperSocketPath(stateDir: string): string {
   return join(stateDir, 'keeper.sock');
 }
 
-export type KeeperToServer = { t: 'start'; mode: 'fresh' | 'adopt' } | { t: 'release' };
+export type KeeperToServer = { t: 'start'; mode: 'fresh' | 'adopt' } | { t: 'release' } | { t: 'stop' };
 
 export type ServerToKeeper =
   { t: 'waiting' } | { t: 'connection'; connectionId: number } | { t: 'serving'; pid: number } | { t: 'released' };

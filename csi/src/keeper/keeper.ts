@@ -11,8 +11,8 @@
 //   successor keeper      -> (new pod of a rollout, via <stateDir>/keeper.sock) the server releases, the
 //                            descriptor goes over, the old keeper retires once the successor serves; a
 //                            successor that vanishes before `done` hands the connection back (adopt again)
-//   SIGTERM               -> the server releases (engine flushed and closed), then the keeper exits; when no
-//                            successor holds the descriptor by then, the connection ends with it
+//   SIGTERM               -> retired: exit. Active (no successor): the server stops for good (unpublish,
+//                            unstage, engine closed, FUSE unmounted: nothing left on the node), then exit
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import type { Logger } from '../../../common/src/log.js';
@@ -186,12 +186,15 @@ export class Keeper {
     setTimeout(() => this.startServerIfActive(), delay);
   }
 
-  /** Asks the server to release the data path and waits until it did (or died, or the timeout passed). */
-  private async releaseServer(): Promise<void> {
+  /**
+   * Asks the server to release the data path (`stop`: to stop for good, no successor) and waits until it
+   * did (or died, or the timeout passed).
+   */
+  private async releaseServer(how: 'release' | 'stop' = 'release'): Promise<void> {
     const s = this.server;
     if (!s) return;
     const released = new Promise<void>((r) => this.releaseWaiters.push(r));
-    s.child.send({ t: 'release' } satisfies KeeperToServer);
+    s.child.send({ t: how } satisfies KeeperToServer);
     const timeoutMs = this.opts.releaseTimeoutMs ?? 20_000;
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), timeoutMs)));
@@ -370,7 +373,9 @@ export class Keeper {
     if (this.listenFd >= 0) closeFd(this.listenFd);
     this.listenFd = -1;
     await this.dropSpare();
-    if (was === 'active') await this.releaseServer();
+    // Active at SIGTERM means no successor took the connection: it ends with this process, so the server
+    // stops for good (nothing left on the node), bounded by the release timeout.
+    if (was === 'active') await this.releaseServer('stop');
     else if (this.server) {
       this.server.child.kill('SIGKILL');
       await this.server.exited;
