@@ -11,27 +11,17 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { call, cleanupDir, isRoot, MiB, PluginProcess } from './plugin.js';
-import { createSnapshot, createVolume, readAt, sha256, stageAndPublish, unpublishAndUnstage } from './volumes.js';
+import {
+  createSnapshot,
+  createVolume,
+  ddDirect,
+  readAt,
+  sha256,
+  stageAndPublish,
+  unpublishAndUnstage,
+} from './volumes.js';
 
 const execFileP = promisify(execFile);
-
-async function ddDirect(src: string, dev: string, seekMiB: number, countMiB: number): Promise<string | null> {
-  try {
-    await execFileP('dd', [
-      `if=${src}`,
-      `of=${dev}`,
-      'bs=1M',
-      `count=${countMiB}`,
-      `seek=${seekMiB}`,
-      'oflag=direct',
-      'conv=fsync,notrunc',
-      'status=none',
-    ]);
-    return null;
-  } catch (err) {
-    return String((err as { stderr?: string }).stderr ?? err);
-  }
-}
 
 async function freeBytes(path: string): Promise<number> {
   const s = await statfs(path);

@@ -3,35 +3,12 @@
 // snapshot S1 of volume V survives V's writes filling the save quota. S1 has a dependant, so it is never
 // invalidated; V's writes get ENOSPC once the quota is full; R keeps reading and writing, its own data intact.
 // Writes use dd with oflag=direct conv=fsync, as the issue's reproduction did.
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { call, cleanupDir, isRoot, MiB, PluginProcess } from './plugin.js';
-import { createSnapshot, createVolume, type Published, readAt, sha256, stageAndPublish } from './volumes.js';
-
-const execFileP = promisify(execFile);
-
-/** dd of `src` onto `dev` at `seekMiB` with O_DIRECT and a final fsync; resolves to dd's error, if any. */
-async function ddDirect(src: string, dev: string, seekMiB: number, countMiB: number): Promise<string | null> {
-  try {
-    await execFileP('dd', [
-      `if=${src}`,
-      `of=${dev}`,
-      'bs=1M',
-      `count=${countMiB}`,
-      `seek=${seekMiB}`,
-      'oflag=direct',
-      'conv=fsync,notrunc',
-      'status=none',
-    ]);
-    return null;
-  } catch (err) {
-    return String((err as { stderr?: string }).stderr ?? err);
-  }
-}
+import { createSnapshot, createVolume, ddDirect, type Published, readAt, sha256, stageAndPublish } from './volumes.js';
 
 describe('space policy: a restored PVC survives writes to its source (issue 15, finding 1; root)', () => {
   let plugin: PluginProcess | undefined;

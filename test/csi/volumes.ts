@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // Helpers for node-plugin integration tests: capabilities, a volume's stage/publish round trip as kubelet
 // does it, and checksummed data written through the published path.
+import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { call, type PluginProcess } from './plugin.js';
+
+const execFileP = promisify(execFile);
 
 export type AccessType = 'mount' | 'block';
 
@@ -139,4 +143,23 @@ export async function checksumFiles(dir: string, names: readonly string[]): Prom
   const sums: Record<string, string> = {};
   for (const n of names) sums[n] = sha256(await readFile(join(dir, n)));
   return sums;
+}
+
+/** dd of `src` onto `dev` at `seekMiB` with O_DIRECT and a final fsync; resolves to dd's error, if any. */
+export async function ddDirect(src: string, dev: string, seekMiB: number, countMiB: number): Promise<string | null> {
+  try {
+    await execFileP('dd', [
+      `if=${src}`,
+      `of=${dev}`,
+      'bs=1M',
+      `count=${countMiB}`,
+      `seek=${seekMiB}`,
+      'oflag=direct',
+      'conv=fsync,notrunc',
+      'status=none',
+    ]);
+    return null;
+  } catch (err) {
+    return String((err as { stderr?: string }).stderr ?? err);
+  }
 }
