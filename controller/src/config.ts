@@ -23,6 +23,7 @@ export interface ControllerConfig {
   readonly timeoutMs: number;
   readonly readyPollIntervalMs: number;
   readonly snapshotHealthIntervalMs: number;
+  readonly volumeHealthIntervalMs: number;
   readonly capacityPollIntervalMs: number;
   readonly httpEndpoint: string | undefined;
   readonly metricsPath: string;
@@ -148,6 +149,12 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     kind: 'duration',
     def: '1m',
     help: 'How often the node is asked whether each ready snapshot still is (a full save pool invalidates snapshots); 0 = never (default 1m)',
+  },
+  'volume-health-interval': {
+    key: 'volumeHealthIntervalMs',
+    kind: 'duration',
+    def: '1m',
+    help: 'How often the node is asked for the condition of each bound volume (abnormal: a Warning event on the claim); 0 = never (default 1m)',
   },
   'capacity-poll-interval': {
     key: 'capacityPollIntervalMs',

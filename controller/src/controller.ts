@@ -128,6 +128,7 @@ export function buildController(opts: ControllerOptions): RunningController {
         retryIntervalMaxMs: cfg.retryIntervalMaxMs,
         readyPollIntervalMs: cfg.readyPollIntervalMs,
         snapshotHealthIntervalMs: cfg.snapshotHealthIntervalMs,
+        volumeHealthIntervalMs: cfg.volumeHealthIntervalMs,
         defaultFsType: cfg.defaultFsType,
       },
       kube,

@@ -37,6 +37,8 @@ export interface ReconcilerSettings {
   readonly readyPollIntervalMs: number;
   /** How often the node is asked whether a ready snapshot still is (0: never). */
   readonly snapshotHealthIntervalMs: number;
+  /** How often the node is asked for the condition of each bound volume (0: never). */
+  readonly volumeHealthIntervalMs: number;
   readonly defaultFsType: string;
 }
 

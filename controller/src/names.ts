@@ -26,6 +26,8 @@ export const ANN_BEING_DELETED = 'snapshot.storage.kubernetes.io/volumesnapshot-
  * value: when, RFC 3339. An invalidated snapshot is never polled or re-created again; it can only be deleted.
  */
 export const ANN_SNAPSHOT_INVALID = 'loopsnap.dev/snapshot-invalidated';
+/** On a PV: the abnormal VolumeCondition message last reported as an event (volume-health-logic.ts). */
+export const ANN_VOLUME_CONDITION = 'loopsnap.dev/volume-condition';
 export const ANN_DEFAULT_SNAPSHOT_CLASS = 'snapshot.storage.kubernetes.io/is-default-class';
 /** Node that owns a node-local volume's snapshots (upstream "distributed snapshotting"). */
 export const LABEL_MANAGED_BY = 'snapshot.storage.kubernetes.io/managed-by';
@@ -89,5 +91,8 @@ export const Reason = {
   VolumeResizeFailed: 'VolumeResizeFailed',
   VolumeResizeSuccessful: 'VolumeResizeSuccessful',
   FileSystemResizeRequired: 'FileSystemResizeRequired',
+  /** external-health-monitor's reasons, so alerts on them keep matching. */
+  VolumeConditionAbnormal: 'VolumeConditionAbnormal',
+  VolumeConditionNormal: 'VolumeConditionNormal',
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];

@@ -10,8 +10,9 @@ import type { Deps } from './deps.js';
 import { ControllerError, ErrorCode, errorMessage } from './errors.js';
 import { Resources } from './kube/resources.js';
 import type { PersistentVolume } from './kube/types.js';
-import { ANN_PROVISIONED_BY, FIN_PV_PROVISIONER, Reason } from './names.js';
+import { ANN_PROVISIONED_BY, ANN_VOLUME_CONDITION, FIN_PV_PROVISIONER, Reason } from './names.js';
 import { nodeOfPv } from './snapshot-logic.js';
+import { decideVolumeHealth } from './volume-health-logic.js';
 import { RetryGate } from './workqueue.js';
 
 export type PvAction =
@@ -41,6 +42,8 @@ export class PvController {
   readonly loop: ControllerLoop;
   /** Backoff of DeleteVolume calls, per PV (see RetryGate). */
   readonly gate: RetryGate;
+  /** Last health check per PV name (ms since epoch). */
+  private readonly checked = new Map<string, number>();
 
   constructor(private readonly d: Deps) {
     const s = d.settings;
@@ -56,8 +59,10 @@ export class PvController {
       reconcile: (key, ctx) => this.reconcile(key, ctx),
     });
     d.caches.pvs.onChange((pv, type) => {
-      if (type === 'delete') this.gate.succeeded(pv.metadata.name);
-      else this.loop.enqueue(pv.metadata.name);
+      if (type === 'delete') {
+        this.gate.succeeded(pv.metadata.name);
+        this.checked.delete(pv.metadata.name);
+      } else this.loop.enqueue(pv.metadata.name);
     });
     d.caches.contents.onChange((content, type) => {
       const handle = content.spec.source.volumeHandle;
@@ -80,8 +85,9 @@ export class PvController {
     const R = Resources;
     switch (action.type) {
       case 'ignore':
-      case 'done':
         return {};
+      case 'done':
+        return pv.status?.phase === 'Bound' && !pv.metadata.deletionTimestamp ? this.checkHealth(pv, log) : {};
       case 'removeFinalizer':
         await kube.setFinalizers(R.PersistentVolume, pv, [], [FIN_PV_PROVISIONER]);
         return {};
@@ -111,5 +117,59 @@ export class PvController {
         return {};
       }
     }
+  }
+
+  /**
+   * Every volumeHealthIntervalMs, asks the volume's node for its VolumeCondition and tells the claim's users
+   * when it turns abnormal (a Warning event on the PVC and the PV, the message kept on the PV) and when it is
+   * healthy again (a Normal event). A node that is down or does not answer is asked again next interval.
+   */
+  private async checkHealth(pv: PersistentVolume, log: ReconcileContext['log']): Promise<ReconcileResult> {
+    const interval = this.d.settings.volumeHealthIntervalMs;
+    if (interval <= 0) return {};
+    const now = Date.now();
+    const last = this.checked.get(pv.metadata.name);
+    if (last !== undefined && now - last < interval) return { requeueAfterMs: interval - (now - last) };
+    this.checked.set(pv.metadata.name, now);
+    const handle = pv.spec.csi?.volumeHandle;
+    const node = nodeOfPv(pv);
+    const info = node === undefined ? undefined : this.d.nodes.get(node);
+    if (!handle || node === undefined || !info?.ready || !info.endpoint) return { requeueAfterMs: interval };
+    let condition: { abnormal: boolean; message: string } | undefined;
+    try {
+      condition = await this.d.csi.get(node, info.endpoint).volumeCondition(handle);
+    } catch (err) {
+      log.debug({ err, volumeHandle: handle, node }, 'Volume health check failed; retried later');
+      return { requeueAfterMs: interval };
+    }
+    const reported = pv.metadata.annotations?.[ANN_VOLUME_CONDITION];
+    const action = decideVolumeHealth(reported, condition);
+    if (action.type === 'none') return { requeueAfterMs: interval };
+    const claim = pv.spec.claimRef;
+    const claimObj =
+      claim?.name && claim.namespace
+        ? { metadata: { name: claim.name, namespace: claim.namespace, uid: claim.uid } }
+        : undefined;
+    const R = Resources;
+    if (action.type === 'abnormal') {
+      const message = `volume "${handle}" on node ${node} is abnormal: ${action.message}`;
+      await this.d.kube.patch(R.PersistentVolume, pv.metadata, {
+        metadata: { annotations: { [ANN_VOLUME_CONDITION]: action.message } },
+      });
+      if (claimObj)
+        this.d.events.record(R.PersistentVolumeClaim, claimObj, 'Warning', Reason.VolumeConditionAbnormal, message);
+      this.d.events.record(R.PersistentVolume, pv, 'Warning', Reason.VolumeConditionAbnormal, message);
+      log.warn({ volumeHandle: handle, node, condition: action.message }, 'Volume condition abnormal');
+    } else {
+      const message = `volume "${handle}" on node ${node} is healthy again (was: ${action.previous})`;
+      await this.d.kube.patch(R.PersistentVolume, pv.metadata, {
+        metadata: { annotations: { [ANN_VOLUME_CONDITION]: null } },
+      });
+      if (claimObj)
+        this.d.events.record(R.PersistentVolumeClaim, claimObj, 'Normal', Reason.VolumeConditionNormal, message);
+      this.d.events.record(R.PersistentVolume, pv, 'Normal', Reason.VolumeConditionNormal, message);
+      log.info({ volumeHandle: handle, node }, 'Volume condition normal again');
+    }
+    return { requeueAfterMs: interval };
   }
 }

@@ -283,6 +283,22 @@ export class CsiNodeClient {
     };
   }
 
+  /** The volume's condition (ControllerGetVolume); undefined when the node does not have the volume. */
+  async volumeCondition(volumeId: string): Promise<{ abnormal: boolean; message: string } | undefined> {
+    try {
+      const res = await this.call<{ status?: { volume_condition?: { abnormal?: boolean; message?: string } } }>(
+        this.controller,
+        'ControllerGetVolume',
+        { volume_id: volumeId },
+      );
+      const c = res.status?.volume_condition;
+      return { abnormal: c?.abnormal ?? false, message: c?.message ?? '' };
+    } catch (err) {
+      if (err instanceof CsiCallError && err.grpcCode === grpc.status.NOT_FOUND) return undefined;
+      throw err;
+    }
+  }
+
   /** Idempotent: OK when the volume does not exist. */
   async deleteVolume(volumeId: string): Promise<void> {
     await this.onVolume(volumeId, () =>
