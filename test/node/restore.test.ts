@@ -281,7 +281,12 @@ describe('VolumeRestore / VolumeRefresh with real pods', () => {
     const bs = 4096;
     const blocks = (restored - loadStart) / bs;
     apply(c, claim(c.namespace, 'live', { volumeMode: 'Block', storage: '256Mi' }));
-    startPod(c, 'live-user', 'live', { block: true });
+    // The write load below runs in the container's own process (started when /tmp/load.sh appears), not in a
+    // `kubectl exec` session, whose end may take a background process with it.
+    startPod(c, 'live-user', 'live', {
+      block: true,
+      script: 'while [ ! -e /tmp/load.sh ]; do sleep 0.2; done; sh /tmp/load.sh; exec sleep 86400',
+    });
     // The snapshot's data, kept in the pod's /tmp to compare with: its load region is read back whole.
     const snapFile = '/tmp/snap';
     exec(
@@ -307,8 +312,8 @@ describe('VolumeRestore / VolumeRefresh with real pods', () => {
   printf 'LOAD blk=%08d seq=%08d\\n' $b $i | dd of=${DEVICE} bs=${bs} seek=$((${loadStart / bs} + b)) conv=sync,notrunc,fsync oflag=direct 2>/dev/null || { echo "ERR $i" >> /tmp/load.log; break; }
   e=$(echo | ts %.s); echo "$b $i $s $e" >> /tmp/load.log; i=$((i+1))
 done; echo DONE >> /tmp/load.log`;
-    execBytes(c, 'live-user', 'cat > /tmp/load.sh', Buffer.from(load));
-    exec(c, 'live-user', 'rm -f /tmp/stop /tmp/load.log; setsid sh /tmp/load.sh </dev/null >/dev/null 2>&1 &');
+    execBytes(c, 'live-user', 'cat > /tmp/load.tmp', Buffer.from(load));
+    exec(c, 'live-user', 'rm -f /tmp/stop /tmp/load.log; mv /tmp/load.tmp /tmp/load.sh');
     const logged = () => exec(c, 'live-user', 'cat /tmp/load.log 2>/dev/null || true');
     try {
       await waitFor('the load writing', () => logged().split('\n').length > 20, { timeoutMs: 60_000, intervalMs: 200 });
