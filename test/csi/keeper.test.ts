@@ -9,9 +9,12 @@
 import { createHash, randomInt } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { acceptUnix, closeFd, listenUnix, waitReadable } from '../../csi/src/keeper/fd-passing.js';
+import { keeperSocketPath } from '../../csi/src/keeper/keeper-protocol.js';
 import { REPO_ROOT } from '../support/paths.js';
 import { RecordWriter } from '../support/record-writers.js';
 import { call, cleanupDir, isRoot, leftoversUnder, MiB, PluginProcess } from './plugin.js';
@@ -216,6 +219,31 @@ describe('volumes outlive the node plugin (root: loop devices, FUSE, mounts; ADR
       expect(await p.stop()).toBe(0);
       expect(p.logs('Stopped node plugin')).toHaveLength(1);
       expect(await leftoversUnder(p.dir)).toEqual([]);
+    },
+  );
+
+  it.skipIf(!isRoot)(
+    '14-5 a predecessor that closes the handover unanswered: the keeper asks again, then starts',
+    async () => {
+      dir = await mkdtemp(join(tmpdir(), 'loopsnap-csi-'));
+      const stateDir = join(dir, 'state');
+      await mkdir(stateDir, { recursive: true, mode: 0o700 });
+      // A dying predecessor: it accepts the first handover and closes it without a word, then goes away.
+      const listener = listenUnix(keeperSocketPath(stateDir));
+      const closedOne = (async () => {
+        while (!(await waitReadable(listener, 60_000))) {
+          /* wait */
+        }
+        const conn = acceptUnix(listener);
+        if (conn !== undefined) closeFd(conn);
+        closeFd(listener);
+      })();
+      const p = await PluginProcess.start({ dir, extraArgs: ['--keeper'] });
+      plugins.push(p);
+      await closedOne;
+      expect(p.logs('The predecessor closed the handover without answering; asking again').length).toBeGreaterThan(0);
+      expect(p.logs('Started node plugin').at(-1)?.adopted).toBe(false);
+      expect(await call(p.clients.identity, 'Probe')).toBeDefined();
     },
   );
 

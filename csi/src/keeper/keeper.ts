@@ -89,11 +89,19 @@ export class Keeper {
     process.on('SIGTERM', () => void this.stop('SIGTERM'));
     process.on('SIGINT', () => void this.stop('SIGINT'));
     mkdirSync(this.opts.stateDir, { recursive: true, mode: 0o700 });
-    const predecessor = this.connectPredecessor();
-    if (predecessor !== undefined) await this.takeOver(predecessor);
-    else {
-      this.becomeActive();
-      this.startServer();
+    // A predecessor that closes the handover before answering is stopping or dying: ask again until its
+    // socket is gone (then start fresh) or it answers.
+    for (let attempt = 0; ; attempt++) {
+      const predecessor = this.connectPredecessor();
+      if (predecessor === undefined) {
+        this.becomeActive();
+        this.startServer();
+        break;
+      }
+      if ((await this.takeOver(predecessor)) === 'done') break;
+      if (attempt >= 40) throw new Error('the predecessor keeper closed the handover 40 times without answering');
+      this.log.warn({ attempt }, 'The predecessor closed the handover without answering; asking again');
+      await new Promise((r) => setTimeout(r, 250));
     }
     await done;
     return 0;
@@ -322,7 +330,7 @@ export class Keeper {
    * Starts the server in standby (modules loaded, waiting for `start`), asks the predecessor for the
    * connection, then lets the server adopt it and tells the predecessor once it serves.
    */
-  private async takeOver(conn: number): Promise<void> {
+  private async takeOver(conn: number): Promise<'done' | 'gone'> {
     const s = this.startServer();
     const waiting = new Promise<void>((r) => {
       const onMsg = (m: ServerToKeeper): void => {
@@ -338,9 +346,25 @@ export class Keeper {
       closeFd(conn);
       throw new Error('the server died before the handover');
     }
-    sendFds(conn, encodeMessage({ t: 'handover', pid: process.pid } satisfies SuccessorToActive), []);
-    const got = await recvFdsAsync(conn);
-    const m = got === null ? undefined : decodeMessage<ActiveToSuccessor>(got.payload);
+    let got: Awaited<ReturnType<typeof recvFdsAsync>>;
+    try {
+      sendFds(conn, encodeMessage({ t: 'handover', pid: process.pid } satisfies SuccessorToActive), []);
+      got = await recvFdsAsync(conn);
+    } catch (err) {
+      const errno = err instanceof FdPassingError ? (err.details as { errnoName?: string } | undefined)?.errnoName : '';
+      if (errno !== 'ECONNRESET' && errno !== 'EPIPE') throw err;
+      got = null;
+    }
+    if (got === null) {
+      // Closed before any answer: the predecessor still owns (or has ended) the connection. Nothing was
+      // handed over, so nothing is lost; the standby server goes and run() asks again.
+      closeFd(conn);
+      this.server = undefined;
+      s.child.kill('SIGKILL');
+      await s.exited;
+      return 'gone';
+    }
+    const m = decodeMessage<ActiveToSuccessor>(got.payload);
     const fd = got?.fds[0];
     if (m?.t !== 'connection' || fd === undefined) {
       // Never clean up under a live predecessor: exit, the container restart asks again.
@@ -358,9 +382,15 @@ export class Keeper {
       this.phase = 'retired';
       throw new Error('the server died while taking over; the predecessor keeps the data path');
     }
-    sendFds(conn, encodeMessage({ t: 'done' } satisfies SuccessorToActive), []);
+    try {
+      sendFds(conn, encodeMessage({ t: 'done' } satisfies SuccessorToActive), []);
+    } catch (err) {
+      // The predecessor went away after sending the connection: it is ours either way.
+      this.log.warn({ err }, 'Could not tell the predecessor the handover is done');
+    }
     closeFd(conn);
     this.becomeActive();
+    return 'done';
   }
 
   // ----- stopping ----------------------------------------------------------------------------------------
