@@ -85,14 +85,14 @@ describe('node plugin rollout with pods writing (ADR 0011)', () => {
       v.volumeHandle,
       createHash('sha256').update(v.volumeHandle).digest('hex'),
     ]);
-    // A loop device of the node plugin is backed by a file below its state dir, or shows the file's path
-    // inside the FUSE mount (vol-<handle>) where that mount is not visible.
+    // The node plugin's loop devices are backed by files below its state dir (vol-<handle>); the kubelet
+    // holds one more per raw block volume, on the device file below volumeDevices/<pv name>/.
     const stateDir = (c.values() as unknown as { node: { stateDir: string } }).node.stateDir;
     const dataPath = (): { mounts: string[]; loops: string[] } => {
       const out = c.onNode(
         node,
         `grep -F ${keys.map((k) => `-e ${k}`).join(' ')} /proc/self/mountinfo | cut -d' ' -f1,3,5 | sed 's/^/mount /'
-         losetup -l -n -O NAME,BACK-FILE | grep -F -e '${stateDir}/' ${vols.map((v) => `-e ${v.volumeHandle}`).join(' ')} | sed 's/^/loop /'`,
+         losetup -l -n -O NAME,BACK-FILE | grep -F -e '${stateDir}/' ${vols.flatMap((v) => [`-e ${v.volumeHandle}`, `-e ${v.pvName}`]).join(' ')} | sed 's/^/loop /'`,
       );
       const lines = out.trim().split('\n').sort();
       return {
@@ -103,7 +103,7 @@ describe('node plugin rollout with pods writing (ADR 0011)', () => {
     const before = dataPath();
     const allLoops = (): string =>
       c.onNode(node, 'losetup -l -n -O NAME,BACK-FILE; echo; cat /proc/self/mountinfo | grep -F fuse');
-    expect(before.loops.length, allLoops()).toBeGreaterThanOrEqual(2);
+    expect(before.loops.length, allLoops()).toBeGreaterThanOrEqual(3);
     expect(before.mounts.length).toBeGreaterThanOrEqual(3);
     for (const w of writers) await waitFor(`${w} writing`, () => writes(w) >= 20, { timeoutMs: 60_000 });
 

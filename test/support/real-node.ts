@@ -267,8 +267,10 @@ export function useRealCluster(prefix = 'node'): RealCluster {
     onNode(node, sh) {
       const pod = inspectors.get(node);
       if (!pod) throw new Error(`no inspector pod on node ${node}`);
-      // The kubelet's mount namespace is the node's (PID 1's may not be open to containers).
-      const inHost = ['sh', '-c', 'exec nsenter -t "$(pidof kubelet)" -m -- sh -c "$1"', 'on-node', sh];
+      // The kubelet's mount namespace is the node's (PID 1's may not be open to containers). The node's own
+      // /bin/sh by path: busybox's nsenter would run its own sh, whose applets (losetup without -l, ...)
+      // shadow the node's tools.
+      const inHost = ['sh', '-c', 'exec nsenter -t "$(pidof kubelet)" -m -- /bin/sh -c "$1"', 'on-node', sh];
       return c.kubectl(['-n', must(state.namespace), 'exec', pod, '--', ...inHost]);
     },
   };
