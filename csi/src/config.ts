@@ -13,6 +13,7 @@ export interface Config {
   readonly insecureTcp: boolean;
   /** Run as the keeper (csi/src/keeper/) that holds the FUSE connection and runs the server as a child. */
   readonly keeper: boolean;
+  readonly keeperReadyFile: string;
   readonly nodeId: string;
   readonly driverName: string;
   readonly stateDir: string;
@@ -87,6 +88,12 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     kind: 'bool',
     def: false,
     help: 'run a keeper process that holds the data path across restarts and upgrades of the server (the chart sets it)',
+  },
+  'keeper-ready-file': {
+    key: 'keeperReadyFile',
+    kind: 'string',
+    def: '',
+    help: "with --keeper: a file that exists while this keeper's server serves (for an exec readiness probe)",
   },
   'node-id': { key: 'nodeId', kind: 'string', def: '', help: "this node's name (required; the Kubernetes node name)" },
   'driver-name': { key: 'driverName', kind: 'string', def: 'csi.loopsnap.dev', help: 'CSI driver name' },

@@ -323,6 +323,7 @@ async function main(argv: readonly string[]): Promise<void> {
       stateDir: config.stateDir,
       command: [process.execPath, ...process.execArgv, script, ...argv],
       log,
+      ...(config.keeperReadyFile ? { readyFile: config.keeperReadyFile } : {}),
     });
     keeperProcess.run().then(
       (code) => process.exit(code),

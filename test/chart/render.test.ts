@@ -338,13 +338,20 @@ describe('nodes without kube-proxy or a pod network', () => {
   });
 
   it('on the host network no node plugin port is declared (a surging pod shares the node), probes by number', () => {
-    type Probed = Container & { ports?: unknown[]; readinessProbe: { httpGet: { port: unknown } } };
+    type Probed = Container & {
+      ports?: unknown[];
+      livenessProbe: { httpGet: { port: unknown } };
+      readinessProbe: { httpGet?: { port: unknown }; exec?: { command: string[] } };
+    };
     const host = components({ node: { hostNetwork: true } }).plugin as Probed;
     expect(host.ports).toBeUndefined();
-    expect(host.readinessProbe.httpGet.port).toBe(9821);
-    const own = components({}).plugin as Probed;
+    expect(host.livenessProbe.httpGet.port).toBe(9821);
+    // Under the keeper, ready only once this pod's own server serves (the old pod's answers HTTP meanwhile).
+    expect(host.readinessProbe.exec?.command).toEqual(['test', '-e', '/tmp/loopsnap-serving']);
+    expect(flag(host, 'keeper-ready-file')).toBe('/tmp/loopsnap-serving');
+    const own = components({ node: { keeper: false } }).plugin as Probed;
     expect(own.ports).toHaveLength(2);
-    expect(own.readinessProbe.httpGet.port).toBe(9821);
+    expect(own.readinessProbe.httpGet?.port).toBe(9821);
   });
 
   it('controller.updateStrategy replaces the rolling update of the defaults', () => {

@@ -14,7 +14,7 @@
 //   SIGTERM               -> retired: exit. Active (no successor): the server stops for good (unpublish,
 //                            unstage, engine closed, FUSE unmounted: nothing left on the node), then exit
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import type { Logger } from '../../../common/src/log.js';
 import {
   acceptUnix,
@@ -47,6 +47,12 @@ export interface KeeperOptions {
   readonly log: Logger;
   /** How long a release may take before the server is killed (below the pod's grace period). */
   readonly releaseTimeoutMs?: number;
+  /**
+   * A file that exists while this keeper's server serves the data path (the pod's readiness probe): on the
+   * host network an HTTP probe would reach whichever pod's server holds the port, the old one during a
+   * rollout, and mark the new pod ready before it took over.
+   */
+  readonly readyFile?: string;
   /** How long a successor waits for the active keeper to hand over before it asks again. */
   readonly handoverTimeoutMs?: number;
 }
@@ -73,6 +79,9 @@ export class Keeper {
   private failures = 0;
   private stopped: (() => void) | undefined;
   private releaseWaiters: Array<() => void> = [];
+  /** The handover being served to a successor, if any (a SIGTERM waits for it). */
+  private handingOver: Promise<void> | undefined;
+  private stopAsked = false;
   private servingWaiters: Array<() => void> = [];
   private readonly log: Logger;
 
@@ -165,6 +174,7 @@ export class Keeper {
       case 'serving':
         s.serving = true;
         this.failures = 0;
+        if (this.phase === 'active' && this.server === s) this.markReady(true);
         for (const w of this.servingWaiters.splice(0)) w();
         if (this.phase === 'active' && this.spare === undefined) this.startServer(true);
         return;
@@ -187,6 +197,7 @@ export class Keeper {
   private onServerExit(s: Server, code: number | null, signal: NodeJS.Signals | null): void {
     for (const w of this.releaseWaiters.splice(0)) w();
     if (this.phase !== 'active') return;
+    this.markReady(false);
     if (s.released) return; // released, then ended itself (SIGKILL): a handover sends the connection on
     this.failures++;
     const delay = restartDelayMs(this.failures);
@@ -246,7 +257,9 @@ export class Keeper {
         return;
       }
       if (conn === undefined) continue;
-      await this.serveSuccessor(conn).catch((err: unknown) => this.log.error({ err }, 'Handover failed'));
+      this.handingOver = this.serveSuccessor(conn).catch((err: unknown) => this.log.error({ err }, 'Handover failed'));
+      await this.handingOver;
+      this.handingOver = undefined;
     }
   }
 
@@ -306,7 +319,19 @@ export class Keeper {
     await spare.exited;
   }
 
+  private markReady(on: boolean): void {
+    const f = this.opts.readyFile;
+    if (!f) return;
+    try {
+      if (on) writeFileSync(f, `${process.pid}\n`);
+      else rmSync(f, { force: true });
+    } catch (err) {
+      this.log.warn({ err, readyFile: f }, 'Failed to update the readiness file');
+    }
+  }
+
   private retire(): void {
+    this.markReady(false);
     this.phase = 'retired';
     closeFd(this.listenFd);
     this.listenFd = -1;
@@ -390,13 +415,18 @@ export class Keeper {
     }
     closeFd(conn);
     this.becomeActive();
+    this.markReady(true);
     return 'done';
   }
 
   // ----- stopping ----------------------------------------------------------------------------------------
 
   private async stop(signal: string): Promise<void> {
-    if (this.phase === 'stopping') return;
+    if (this.stopAsked) return;
+    this.stopAsked = true;
+    // A handover under way finishes first: a rollout may stop the old pod while its successor takes over.
+    if (this.handingOver) await this.handingOver;
+    this.markReady(false);
     const was = this.phase;
     this.phase = 'stopping';
     this.log.info({ signal, phase: was }, 'Stopping the keeper');
