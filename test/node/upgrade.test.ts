@@ -56,6 +56,12 @@ describe('node plugin rollout with pods writing (ADR 0011)', () => {
     getJson<{ items: PodStatus[] }>(c, ['-n', RELEASE_NS, 'pods', '-l', 'app.kubernetes.io/component=node'])
       .items.map((p) => p.metadata.name)
       .sort();
+  // A retired node plugin pod exits once the kubelet stops it, a moment after the rollout is done.
+  const oldPodsGone = (old: readonly string[]) =>
+    waitFor('the old node plugin pods to be gone', () => !nodePods().some((p) => old.includes(p)), {
+      timeoutMs: 120_000,
+      intervalMs: 500,
+    });
   const writerProblems = (names: readonly string[]): string[] =>
     names.flatMap((n) => {
       const s = getJson<PodStatus>(c, ['-n', c.namespace, 'pod', n]).status.containerStatuses?.[0];
@@ -111,7 +117,7 @@ describe('node plugin rollout with pods writing (ADR 0011)', () => {
       const oldPods = nodePods();
       const counts = writers.map(writes);
       const restore = await upgradeWith(c, extra);
-      expect(nodePods().filter((p) => oldPods.includes(p))).toEqual([]);
+      await oldPodsGone(oldPods);
       for (const [i, w] of writers.entries()) {
         await waitFor(`${w} writing after the rollout`, () => writes(w) >= counts[i]! + 20, { timeoutMs: 60_000 });
       }
@@ -149,7 +155,7 @@ describe('node plugin rollout with pods writing (ADR 0011)', () => {
     // And back to the values it had: a second rollout, just as invisible.
     const oldPods = nodePods();
     await restore();
-    expect(nodePods().filter((p) => oldPods.includes(p))).toEqual([]);
+    await oldPodsGone(oldPods);
     const counts = writers.map(writes);
     for (const [i, w] of writers.entries()) {
       await waitFor(`${w} writing after the rollback`, () => writes(w) >= counts[i]! + 20, { timeoutMs: 60_000 });
