@@ -101,9 +101,14 @@ describe('node plugin rollout with pods writing (ADR 0011)', () => {
          losetup -l -n -O NAME,BACK-FILE | grep -F -e '${stateDir}/' ${vols.flatMap((v) => [`-e ${v.volumeHandle}`, `-e ${v.pvName}`]).join(' ')} | sed 's/^/loop /'`,
       );
       const lines = out.trim().split('\n').sort();
+      // A loop's back file is named through the mount it was opened in; once the pod that attached it is
+      // gone the kernel names it inside the FUSE file system only (/vol-<id>): same device, same file.
       return {
         mounts: lines.filter((l) => l.startsWith('mount ')),
-        loops: lines.filter((l) => l.startsWith('loop ')),
+        loops: lines
+          .filter((l) => l.startsWith('loop '))
+          .map((l) => l.replace(/ \S*\/(vol-[0-9a-f]+)$/, ' $1'))
+          .sort(),
       };
     };
     const before = dataPath();

@@ -404,7 +404,7 @@ export class EngineBackend implements VolumeBackend {
 
   async attachedDevice(volumeId: string): Promise<LoopDevice | undefined> {
     if (!this.datapath.views().includes(volumeId)) return undefined;
-    return loopForFile(this.datapath.pathOf(volumeId));
+    return loopForFile(this.datapath.pathOf(volumeId), this.datapath.mountDevice);
   }
 
   async condition(volumeId: string): Promise<VolumeCondition> {
@@ -438,7 +438,7 @@ export class EngineBackend implements VolumeBackend {
     if (this.datapath.views().includes(volumeId)) {
       const path = this.datapath.pathOf(volumeId);
       if (!(await isReachable(path))) return { abnormal: true, message: `data path: ${path} is not reachable` };
-      const loop = await loopForFile(path);
+      const loop = await loopForFile(path, this.datapath.mountDevice);
       if (!loop || !(await describeLoop(loop.device))) {
         return { abnormal: true, message: `data path: no loop device on ${path}` };
       }

@@ -159,7 +159,7 @@ export class Datapath {
 
   /** Loop devices attached to view `name`. */
   loopsOf(name: string): Promise<LoopDevice[]> {
-    return loopsForFile(this.pathOf(name));
+    return loopsForFile(this.pathOf(name), this.mountDevice);
   }
 
   /** Stops serving without ending the connection (FuseServer.release); the process exits afterwards. */
@@ -170,6 +170,12 @@ export class Datapath {
   /** The /dev/fuse descriptor of the connection. */
   get fuseDevice(): number {
     return this.server.device;
+  }
+
+  /** "0:<minor>" of the FUSE mount, for finding loop devices whose mount namespace is gone. */
+  get mountDevice(): string | undefined {
+    const id = this.connectionId;
+    return id >= 0 ? `0:${id}` : undefined;
   }
 
   /** The connection id of the mount (`/sys/fs/fuse/connections/<id>`). */
@@ -289,7 +295,7 @@ export class Datapath {
     if (!this.server.viewNames().includes(name)) {
       throw new MountError('DP_ERR_VIEW_NOT_FOUND', `view ${name} is not exposed`);
     }
-    const existing = await loopForFile(path);
+    const existing = await loopForFile(path, this.mountDevice);
     if (existing) return existing;
     const loop = await attachLoop({ file: path, readOnly: opts.readOnly === true, directIo: true });
     if (!loop.directIo) this.log.warn({ device: loop.device, view: name }, 'Attached loop device without direct I/O');
@@ -301,7 +307,7 @@ export class Datapath {
   async detach(nameOrDevice: string): Promise<void> {
     const devices = nameOrDevice.startsWith('/dev/')
       ? [nameOrDevice]
-      : (await loopsForFile(this.server.pathOf(nameOrDevice))).map((l) => l.device);
+      : (await loopsForFile(this.server.pathOf(nameOrDevice), this.mountDevice)).map((l) => l.device);
     if (devices.length === 0) return;
     for (const d of devices) await detachLoop(d);
     // The kernel releases the view file asynchronously after LOOP_CLR_FD (a workqueue, and later still while
@@ -340,7 +346,7 @@ export class Datapath {
       throw new Error(`the kernel reports ${seen} bytes for ${path} after growing it to ${sizeBytes} bytes`);
     }
     const devices: { device: string; sizeBytes: number }[] = [];
-    for (const loop of await loopsForFile(path)) {
+    for (const loop of await loopsForFile(path, this.mountDevice)) {
       await run('losetup', ['--set-capacity', loop.device]);
       const bytes = await blockDeviceBytes(loop.device);
       if (bytes !== sizeBytes) {

@@ -3,6 +3,7 @@
 // reads and double-caches), read back what the kernel actually configured, detach, and list by backing file.
 // Discard needs no flag: loop enables it when the backing file system has fallocate, which FUSE does.
 import { readFile } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { MountError } from './errors.js';
 import { run } from './exec.js';
 
@@ -109,12 +110,31 @@ export async function loopsBackedUnder(dir: string): Promise<LoopDevice[]> {
   return (await listLoops()).filter((l) => l.backingFile.startsWith(prefix));
 }
 
-/** The loop device attached to exactly `file`, if any. */
-export async function loopForFile(file: string): Promise<LoopDevice | undefined> {
-  return (await loopsForFile(file))[0];
+/** The loop device attached to exactly `file`, if any (`mountDevice`: see loopsForFile). */
+export async function loopForFile(file: string, mountDevice?: string): Promise<LoopDevice | undefined> {
+  return (await loopsForFile(file, mountDevice))[0];
 }
 
-/** Every loop device on `file` (normally at most one). */
-export async function loopsForFile(file: string): Promise<LoopDevice[]> {
-  return (await listLoops()).filter((l) => l.backingFile === file);
+/**
+ * Every loop device on `file` (normally at most one). The kernel names a loop's backing file by its path in
+ * the mount it was opened through; once that mount is gone from every namespace the reader can see (the
+ * mount namespace of a node plugin container that attached it and has since been replaced), the name is
+ * the path inside the file system only, `/<name>`. With `mountDevice` ("major:minor" of the file system
+ * `file` is on), such a loop counts too when its backing file is on that device.
+ */
+export async function loopsForFile(file: string, mountDevice?: string): Promise<LoopDevice[]> {
+  const loops = await listLoops();
+  const exact = loops.filter((l) => l.backingFile === file);
+  if (mountDevice === undefined) return exact;
+  const detached = loops.filter((l) => l.backingFile === `/${basename(file)}`);
+  if (detached.length === 0) return exact;
+  const { stdout } = await run('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-MAJ:MIN']);
+  const on = new Set(
+    stdout
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/))
+      .filter(([, dev]) => dev === mountDevice)
+      .map(([name]) => name),
+  );
+  return [...exact, ...detached.filter((l) => on.has(l.device))];
 }
