@@ -128,7 +128,8 @@ export async function loopsForFile(file: string, mountDevice?: string): Promise<
   if (mountDevice === undefined) return exact;
   const detached = loops.filter((l) => l.backingFile === `/${basename(file)}`);
   if (detached.length === 0) return exact;
-  const { stdout } = await run('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-MAJ:MIN']);
+  // Not --raw: raw mode writes the column's padding as \x20 escapes.
+  const { stdout } = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-MAJ:MIN']);
   const on = new Set(
     stdout
       .split('\n')
