@@ -61,8 +61,10 @@ describe('faults with the release`s pods: a node plugin killed mid-CreateSnapsho
     expect(killed, 'the plugin killed while its record said creating').not.toBeNull();
     await waitRestarted(c, plugin);
     // The new process settled the interrupted record: completed from the engine, or dropped and cut anew.
-    const recovered = c
-      .kubectl(['-n', RELEASE_NS, 'logs', plugin.pod])
+    // Under the keeper the record may be settled by a server the keeper started in the killed container in
+    // the moment before the kill reached the keeper too: that container's log counts as well.
+    const previous = c.tryKubectl(['-n', RELEASE_NS, 'logs', '--previous', plugin.pod]).stdout;
+    const recovered = (previous + c.kubectl(['-n', RELEASE_NS, 'logs', plugin.pod]))
       .split('\n')
       .filter((l) => l.includes('Recovered driver state after an unclean stop'))
       .map((l) => JSON.parse(l) as { snapshotsCompleted: string[]; snapshotsDropped: string[] });
