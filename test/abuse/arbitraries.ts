@@ -5,6 +5,7 @@
 // through symlinks to decoys, /proc, /sys, the state dir; capacities 0, negative, 2^63-1, unaligned) mixed with
 // the ids and paths of real objects, so that checks beyond the first field are reached too.
 import fc from 'fast-check';
+import { MODE_NAMES } from '../../csi/src/driver/capabilities.js';
 
 export type Service = 'identity' | 'controller' | 'node' | 'metadata' | 'agent';
 
@@ -101,16 +102,7 @@ const stringMap: fc.Arbitrary<Record<string, string>> = fc.oneof(
   ),
 );
 
-const accessModes = fc.constantFrom(
-  'UNKNOWN',
-  'SINGLE_NODE_WRITER',
-  'SINGLE_NODE_READER_ONLY',
-  'MULTI_NODE_READER_ONLY',
-  'MULTI_NODE_SINGLE_WRITER',
-  'MULTI_NODE_MULTI_WRITER',
-  'SINGLE_NODE_SINGLE_WRITER',
-  'SINGLE_NODE_MULTI_WRITER',
-);
+const accessModes = fc.constantFrom(...MODE_NAMES);
 
 const mountFlags: fc.Arbitrary<string[]> = fc.oneof(
   fc.constant<string[]>([]),

@@ -12,7 +12,8 @@ export const SUPPORTED_ACCESS_MODES: readonly AccessModeName[] = [
   'SINGLE_NODE_MULTI_WRITER',
 ];
 
-const MODE_NAMES: readonly AccessModeName[] = [
+/** CSI access mode names in enum order. */
+export const MODE_NAMES: readonly AccessModeName[] = [
   'UNKNOWN',
   'SINGLE_NODE_WRITER',
   'SINGLE_NODE_READER_ONLY',
