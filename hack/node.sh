@@ -131,8 +131,19 @@ EOF
 # Mount points of every cgroup hierarchy (v1 controllers, named ones and cgroup2).
 cgroup_hierarchies() { awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/self/mounts | sort -u; }
 
+# The cgroup root's name is fixed: like the bridge, it belongs to the node whose $RUN/cgroups says so, and
+# another checkout's node neither joins nor removes it.
 up_cgroups() {
   local h
+  if [ ! -f "$RUN/cgroups" ]; then
+    while read -r h; do
+      [ -d "$h/$CGROUP_ROOT" ] || continue
+      if find "$h/$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null | grep -q .; then
+        die "cgroup $h/$CGROUP_ROOT has processes of a node this checkout did not start; stop that node first"
+      fi
+    done < <(cgroup_hierarchies)
+    echo "$CGROUP_ROOT" > "$RUN/cgroups"
+  fi
   while read -r h; do
     mkdir -p "$h/$CGROUP_ROOT"
     if [ -f "$h/cpuset.cpus" ] && [ -z "$(cat "$h/$CGROUP_ROOT/cpuset.cpus")" ]; then
@@ -145,12 +156,14 @@ up_cgroups() {
 # Removes the node's cgroups deepest first; a cgroup with a process left in it stays, and is reported.
 down_cgroups() {
   local h d left=0
+  [ -f "$RUN/cgroups" ] || return 0
   while read -r h; do
     [ -d "$h/$CGROUP_ROOT" ] || continue
     while read -r d; do
       rmdir "$d" 2>/dev/null || { log "cgroup $d is still in use"; left=1; }
     done < <(find "$h/$CGROUP_ROOT" -depth -type d)
   done < <(cgroup_hierarchies)
+  [ "$left" = 1 ] || rm -f "$RUN/cgroups"
   return "$left"
 }
 
