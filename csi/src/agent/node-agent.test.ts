@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../../common/src/log.js';
 import type { DriverContext } from '../driver/context.js';
 import {
-  blockVolumeInput as input,
+  thinVolumeInput as input,
   MiB,
   rejectsWithCode as rejectsWith,
   sameBytes as same,

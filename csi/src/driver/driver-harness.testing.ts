@@ -43,6 +43,11 @@ export function blockVolumeInput(name: string, extra: Partial<CreateVolumeInput>
   };
 }
 
+/** The same for a class with `hydrate: "false"`: a restore or clone of it stays a thin clone. */
+export function thinVolumeInput(name: string, extra: Partial<CreateVolumeInput> = {}): CreateVolumeInput {
+  return blockVolumeInput(name, { parameters: { hydrate: 'false' }, ...extra });
+}
+
 /** `p` rejects with a LoopsnapError of stable code `code` (and a message matching `message`). */
 export async function rejectsWithCode(p: Promise<unknown>, code: string, message?: RegExp): Promise<void> {
   const err = await p.then(

@@ -12,9 +12,16 @@ export const SNAPSHOT_METHODS: readonly SnapshotMethod[] = ['save-volume', 'meta
 export const DEFAULT_SNAPSHOT_METHOD: SnapshotMethod = 'save-volume';
 
 export interface VolumeParameters {
-  /** Turn a volume restored or cloned thinly into an independent one in the background (issue 4). */
+  /**
+   * Turn a volume restored or cloned thinly into an independent one in the background (ADR 0012): default
+   * true; `hydrate: "false"` keeps it a thin clone for good (online VolumeRefresh, no copy; it then pins its
+   * snapshot and shares the source's save pool).
+   */
   readonly hydrate: boolean;
 }
+
+/** A restore or clone hydrates unless its class says `hydrate: "false"`. */
+export const HYDRATE_BY_DEFAULT = true;
 
 export interface SnapshotParameters {
   readonly method: SnapshotMethod;
@@ -43,7 +50,7 @@ export function parseVolumeParameters(params: StringMap | undefined): VolumePara
       `unknown StorageClass parameter(s) ${unknown.join(', ')} (known: ${VOLUME_KEYS.join(', ')})`,
     );
   }
-  return { hydrate: bool('hydrate', p.hydrate, false) };
+  return { hydrate: bool('hydrate', p.hydrate, HYDRATE_BY_DEFAULT) };
 }
 
 export function parseSnapshotParameters(params: StringMap | undefined): SnapshotParameters {
@@ -70,4 +77,17 @@ export function persistedParameters(params: StringMap | undefined): Record<strin
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(params ?? {})) if (!k.startsWith(SIDECAR_PARAMETER_PREFIX)) out[k] = v;
   return out;
+}
+
+/** A volume record's parameters: the class's own, with the resolved `hydrate` choice always spelled out. */
+export function persistedVolumeParameters(params: StringMap | undefined): Record<string, string> {
+  return { ...persistedParameters(params), hydrate: String(parseVolumeParameters(params).hydrate) };
+}
+
+/**
+ * Whether a persisted volume hydrates. Records store the resolved choice (`persistedVolumeParameters`); one without
+ * the key was created while thin was the default, and stays thin.
+ */
+export function recordHydrates(parameters: Readonly<Record<string, string>>): boolean {
+  return parameters.hydrate === 'true';
 }

@@ -8,7 +8,13 @@ import { accessModeOf, accessTypeOf, capabilityProblem, resolveFsType } from './
 import { capacityFits, resolveCapacity } from './capacity.js';
 import { OperationLocks } from './locks.js';
 import { paginate } from './pagination.js';
-import { parseSnapshotParameters, parseVolumeParameters, persistedParameters } from './parameters.js';
+import {
+  parseSnapshotParameters,
+  parseVolumeParameters,
+  persistedParameters,
+  persistedVolumeParameters,
+  recordHydrates,
+} from './parameters.js';
 import { checkPath } from './paths.js';
 
 const MiB = 1024 * 1024;
@@ -93,6 +99,20 @@ describe('parameters', () => {
     expect(grpcOf(() => parseVolumeParameters({ hydrate: 'yes' }))).toBe('INVALID_ARGUMENT');
     expect(parseVolumeParameters({ hydrate: 'true' }).hydrate).toBe(true);
     expect(persistedParameters({ hydrate: 'true', 'csi.storage.k8s.io/pv/name': 'p' })).toEqual({ hydrate: 'true' });
+  });
+
+  it('9-8b restores and clones hydrate unless the class says hydrate: "false"; records keep the choice', () => {
+    expect(parseVolumeParameters({}).hydrate).toBe(true);
+    expect(parseVolumeParameters({ hydrate: '' }).hydrate).toBe(true);
+    expect(parseVolumeParameters({ hydrate: 'false' }).hydrate).toBe(false);
+    expect(persistedVolumeParameters(undefined)).toEqual({ hydrate: 'true' });
+    expect(persistedVolumeParameters({ hydrate: 'false', 'csi.storage.k8s.io/pvc/name': 'c' })).toEqual({
+      hydrate: 'false',
+    });
+    expect(recordHydrates(persistedVolumeParameters({}))).toBe(true);
+    expect(recordHydrates(persistedVolumeParameters({ hydrate: 'false' }))).toBe(false);
+    // Written while thin was the default: stays thin after an upgrade.
+    expect(recordHydrates({})).toBe(false);
   });
 });
 

@@ -23,7 +23,7 @@ import type { SnapshotRecord } from '../state/records.js';
 import { HIDDEN_CLONE_TAG_PREFIX } from './backend.js';
 import type { DriverContext } from './context.js';
 import { CLONE_CUT_TAG_PREFIX } from './engine-volumes.js';
-import { parseVolumeParameters } from './parameters.js';
+import { recordHydrates } from './parameters.js';
 
 export interface RecoveryReport {
   readonly volumesRolledBack: string[];
@@ -88,7 +88,7 @@ export async function recoverState(d: DriverContext, storedVolumeIds: readonly s
     } else if (
       v.origin.kind === 'rw-clone' &&
       d.backend.backing(v.volumeId) === 'rw' &&
-      parseVolumeParameters(v.parameters).hydrate
+      recordHydrates(v.parameters)
     ) {
       await d.backend.startHydration(v.volumeId);
       r.hydrationsStarted.push(v.volumeId);

@@ -14,7 +14,7 @@ import { DriverState } from '../state/driver-state.js';
 import { watchBackgroundJobs } from './background.js';
 import type { DriverContext } from './context.js';
 import {
-  blockVolumeInput as input,
+  thinVolumeInput as input,
   MiB,
   rejectsWithCode as rejectsWith,
   sameBytes as same,
@@ -162,13 +162,14 @@ describe('driver services: thin clones, images, hydration, restore, refresh', ()
     expect(backend.listSnapshots(src.volumeId)).toEqual([]);
   });
 
-  it('7-5 hydrate: "true" makes a thin clone a volume of its own in the background; its source can then go', async () => {
+  it('7-5 by default (no hydrate parameter) a restore becomes a volume of its own in the background; its source can then go', async () => {
     const src = await volumes.create(input('src'));
     await write(src.volumeId, 0, pattern(1, 4 * MiB));
     const snap = await snapshots.create({ name: 's', sourceVolumeId: src.volumeId, parameters: {} });
     const r = await volumes.create(
-      input('r', { contentSource: { kind: 'snapshot', snapshotId: snap.snapshotId }, parameters: { hydrate: 'true' } }),
+      input('r', { contentSource: { kind: 'snapshot', snapshotId: snap.snapshotId }, parameters: {} }),
     );
+    expect(d.state.volume(r.volumeId)?.parameters).toEqual({ hydrate: 'true' });
     expect(r.origin.kind).toBe('rw-clone');
     await write(r.volumeId, 4096, pattern(5, 4096)); // during the hydration
     await until('the hydration', () => d.state.volume(r.volumeId)?.origin.kind === 'copy');

@@ -13,7 +13,12 @@ import { CsiError } from '../errors.js';
 import { DriverState } from '../state/driver-state.js';
 import { RECORD_VERSION } from '../state/records.js';
 import type { DriverContext } from './context.js';
-import { blockVolumeInput as input, MiB, testDriverContext } from './driver-harness.testing.js';
+import {
+  blockVolumeInput as input,
+  MiB,
+  testDriverContext,
+  thinVolumeInput as thin,
+} from './driver-harness.testing.js';
 import { MemoryBackend } from './memory-backend.testing.js';
 import { MetadataService } from './metadata-service.js';
 import { recoverState } from './recovery.js';
@@ -166,7 +171,7 @@ describe('driver services', () => {
       'OUT_OF_RANGE',
     );
     const restored = await volumes.create(
-      input('r', { contentSource: { kind: 'snapshot', snapshotId: snap.snapshotId } }),
+      thin('r', { contentSource: { kind: 'snapshot', snapshotId: snap.snapshotId } }),
     );
     expect(restored.origin).toEqual({
       kind: 'rw-clone',
@@ -180,7 +185,7 @@ describe('driver services', () => {
     };
     expect(await read(restored.volumeId, 0, 8192)).toEqual(new Uint8Array(8192).fill(1));
     expect(await read(restored.volumeId, 3 * MiB, 100)).toEqual(new Uint8Array(100).fill(2));
-    const cloned = await volumes.create(input('c', { contentSource: { kind: 'volume', volumeId: src.volumeId } }));
+    const cloned = await volumes.create(thin('c', { contentSource: { kind: 'volume', volumeId: src.volumeId } }));
     expect(cloned.origin.kind).toBe('rw-clone');
     expect(await read(cloned.volumeId, 0, 8192)).toEqual(new Uint8Array(8192).fill(9));
     // The clone's base is a hidden snapshot: only the CSI snapshot is visible in the source queue.

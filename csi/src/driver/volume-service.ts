@@ -26,7 +26,7 @@ import { accessModeOf, accessTypeOf, capabilitiesProblem, fsTypeOf } from './cap
 import { capacityFits, resolveCapacity } from './capacity.js';
 import type { DriverContext } from './context.js';
 import { snapshotKey, volumeKey, volumeNameKey } from './locks.js';
-import { parseVolumeParameters, persistedParameters } from './parameters.js';
+import { parseVolumeParameters, persistedVolumeParameters } from './parameters.js';
 
 export interface CreateVolumeInput {
   readonly name: string;
@@ -69,7 +69,7 @@ export class VolumeService {
         accessTypes,
         accessModes: [...new Set(input.capabilities.map(accessModeOf))].sort(),
         fsType: fsTypes[0] ?? '',
-        parameters: persistedParameters(input.parameters),
+        parameters: persistedVolumeParameters(input.parameters),
         contentSource: src,
         ...(source === null
           ? {}
