@@ -3,6 +3,7 @@
 import { controllerSuite } from './controller.js';
 import { datapathSuite } from './datapath.js';
 import { engineSuite } from './engine.js';
+import { metaBitmapSuite } from './meta-bitmap.js';
 import { nodeSuite } from './node.js';
 import { restartSuite } from './restart.js';
 import { restoreSuite } from './restore.js';
@@ -12,6 +13,7 @@ export const suites: Record<string, BenchSuite> = {
   controller: controllerSuite,
   datapath: datapathSuite,
   engine: engineSuite,
+  'meta-bitmap': metaBitmapSuite,
   node: nodeSuite,
   restart: restartSuite,
   restore: restoreSuite,

@@ -3,7 +3,7 @@
 // clone of a PVC) following provision-logic.ts, and expands bound volumes (resizer.ts: ControllerExpandVolume
 // and the PVC status a 1.33 kubelet reads before its NodeExpandVolume).
 import * as grpc from '@grpc/grpc-js';
-import { isAlreadyExists } from '../../common/src/kube-rest.js';
+import { isAlreadyExists, isConflict } from '../../common/src/kube-rest.js';
 import { ControllerLoop, gated, type ReconcileContext, type ReconcileResult } from './controller-base.js';
 import type { Deps } from './deps.js';
 import {
@@ -218,6 +218,7 @@ export class Provisioner {
             'Deleted volume of a PVC deleted during provisioning',
           );
         } catch (err) {
+          if (isConflict(err)) throw err;
           if (!(err instanceof CsiCallError && err.grpcCode === grpc.status.NOT_FOUND)) {
             events.record(
               R.PersistentVolumeClaim,
@@ -271,7 +272,8 @@ export class Provisioner {
       );
       return 'continue';
     } catch (err) {
-      if (isAbortedCall(err)) throw err;
+      // A conflict is retried by the work queue with fresh objects: nothing failed that the user should read.
+      if (isAbortedCall(err) || isConflict(err)) throw err;
       const message = `failed to provision volume with StorageClass "${pvc.spec.storageClassName ?? ''}": ${errorMessage(err)}`;
       events.record(Resources.PersistentVolumeClaim, pvc, 'Warning', Reason.ProvisioningFailed, message);
       // Out of space on that node: nothing was created there, so the next attempt may pick another node

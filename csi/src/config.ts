@@ -13,6 +13,7 @@ export interface Config {
   readonly insecureTcp: boolean;
   /** Run as the keeper (csi/src/keeper/) that holds the FUSE connection and runs the server as a child. */
   readonly keeper: boolean;
+  readonly trimBeforeCut: boolean;
   readonly keeperReadyFile: string;
   readonly nodeId: string;
   readonly driverName: string;
@@ -35,6 +36,7 @@ export interface Config {
   readonly inCluster: boolean;
   readonly advertiseEndpoint: string;
   readonly registryNamespace: string;
+  readonly nodeEventsNamespace: string;
   readonly nodeLeaseDurationSeconds: number;
   readonly shutdownGraceSeconds: number;
   readonly kubeletRegistrationSocket: string;
@@ -82,6 +84,12 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     kind: 'bool',
     def: false,
     help: 'serve --tcp-endpoint without TLS (local development only)',
+  },
+  'trim-before-cut': {
+    key: 'trimBeforeCut',
+    kind: 'bool',
+    def: true,
+    help: 'trim a mounted file system right before a meta-bitmap cut, so freed blocks are neither reported nor copied (ADR 0013)',
   },
   keeper: {
     key: 'keeper',
@@ -190,6 +198,12 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
     kind: 'string',
     def: DEFAULT_REGISTRY_NAMESPACE,
     help: 'namespace of the node registry Leases',
+  },
+  'node-events-namespace': {
+    key: 'nodeEventsNamespace',
+    kind: 'string',
+    def: 'default',
+    help: 'namespace of the Warning events on the Node (the API server keeps events of cluster-scoped objects in default)',
   },
   'node-lease-duration-seconds': {
     key: 'nodeLeaseDurationSeconds',

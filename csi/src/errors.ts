@@ -100,6 +100,10 @@ export const CSI_ERRORS = {
     grpc: 'RESOURCE_EXHAUSTED',
     doc: 'ENOSPC or EDQUOT: the disk holding the state directory or the path is full',
   },
+  CSI_ERR_DATAPATH_DOWN: {
+    grpc: 'FAILED_PRECONDITION',
+    doc: "Probe: the plugin's FUSE mount is gone, so no volume's I/O can be served; restart the node plugin",
+  },
   CSI_ERR_INTERNAL: { grpc: 'INTERNAL', doc: 'An unexpected failure (see the log line of the call)' },
 } as const satisfies Record<string, { grpc: GrpcStatusName; doc: string }>;
 

@@ -23,6 +23,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
+import { KubeRest } from '../../common/src/kube-rest.js';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { createLogger, type Logger } from '../../common/src/log.js';
 import { type Config, ConfigError, helpText, parseConfig, socketPath } from './config.js';
@@ -45,6 +46,7 @@ import { DriverState } from './state/driver-state.js';
 import { registrationService } from './kubelet-registration/proto.js';
 import { KubeletRegistration } from './kubelet-registration/registration.js';
 import { CsiMetrics, KubeletRegistrationMetrics, startHttpEndpoint } from './metrics.js';
+import { reportUnopenedVolumes } from './registry/node-events.js';
 import { type NodeLeaseHandle, startNodeLease } from './registry/node-lease.js';
 import { Keeper } from './keeper/keeper.js';
 import { KeeperLink } from './keeper/keeper-link.js';
@@ -116,6 +118,7 @@ async function start(config: Config, log: Logger, keeper: KeeperLink | undefined
     registry,
     directIo: config.datapathDirectIo,
     backgroundRateBytesPerSecond: config.backgroundCopyBytesPerSecond,
+    trimBeforeCut: config.trimBeforeCut,
   });
   const running: Running = {
     config,
@@ -179,6 +182,7 @@ async function start(config: Config, log: Logger, keeper: KeeperLink | undefined
       vendorVersion: version,
       features: backend.features,
       ready: () => serving && backend.healthy(),
+      unhealthy: () => (serving ? backend.dataPathProblem() : Promise.resolve(undefined)),
       driver,
       volumes: new VolumeService(driver),
       snapshots,
@@ -231,6 +235,21 @@ async function start(config: Config, log: Logger, keeper: KeeperLink | undefined
         leaseDurationSeconds: config.nodeLeaseDurationSeconds,
         log,
       });
+      const unopened = backend.unopenedVolumes().map((v) => {
+        const name = driver.state.volume(v.volumeId)?.name;
+        return name === undefined ? v : { ...v, reason: `${v.reason} (CSI volume ${name})` };
+      });
+      if (unopened.length > 0) {
+        const rest = await KubeRest.fromKubeConfig(kc);
+        await reportUnopenedVolumes({
+          rest,
+          nodeName: config.nodeId,
+          namespace: config.nodeEventsNamespace,
+          volumes: unopened,
+          startedAtMs: Date.now(),
+          log,
+        }).finally(() => rest.close());
+      }
     }
     serving = true;
     if (config.kubeletRegistrationSocket !== '') {

@@ -19,7 +19,7 @@ describe('RBAC rules', () => {
     const { objects } = render({ values });
     const roles = [...find(objects, 'Role'), ...find(objects, 'ClusterRole')];
     if ((values.rbac as { create?: boolean } | undefined)?.create === false) expect(roles).toEqual([]);
-    else expect(roles.length).toBe(3);
+    else expect(roles.length).toBe(4);
     for (const r of roles) {
       for (const rule of (r as K8sObject & { rules: Rule[] }).rules) {
         const where = `${r.kind} ${r.metadata.name}: ${JSON.stringify(rule)}`;
@@ -35,16 +35,28 @@ describe('RBAC rules', () => {
     }
   });
 
-  it('give the node plugin nothing cluster-wide and nothing outside its namespace', () => {
+  it('give the node plugin nothing cluster-wide; outside its namespace only events in default (Node events)', () => {
     const { objects } = render();
     const bindings = [...find(objects, 'ClusterRoleBinding'), ...find(objects, 'RoleBinding')] as Array<
-      K8sObject & { subjects: Array<{ name: string }>; roleRef: { kind: string; name: string } }
+      K8sObject & {
+        metadata: { namespace?: string };
+        subjects: Array<{ name: string }>;
+        roleRef: { kind: string; name: string };
+      }
     >;
     const nodeBindings = bindings.filter((b) => b.subjects.some((s) => s.name === 'loopsnap-node'));
-    expect(nodeBindings.map((b) => `${b.kind}/${b.roleRef.kind}`)).toEqual(['RoleBinding/Role']);
+    expect(nodeBindings.map((b) => `${b.kind}/${b.roleRef.kind}/${b.metadata.namespace}`).sort()).toEqual(
+      ['RoleBinding/Role/default', 'RoleBinding/Role/loopsnap'].sort(),
+    );
     const role = only(objects, 'Role', 'loopsnap-node') as K8sObject & { rules: Rule[] };
     expect(role.rules).toEqual([
       { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'create', 'update'] },
     ]);
+    const events = only(objects, 'Role', 'loopsnap-node-node-events') as K8sObject & {
+      metadata: { namespace?: string };
+      rules: Rule[];
+    };
+    expect(events.metadata.namespace).toBe('default');
+    expect(events.rules).toEqual([{ apiGroups: [''], resources: ['events'], verbs: ['create'] }]);
   });
 });

@@ -27,50 +27,59 @@ async function loopsOf(p: PluginProcess): Promise<string[]> {
 describe('4 error codes (root: loop devices, FUSE, mounts)', () => {
   const plugin = usePlugin();
 
-  it.skipIf(!isRoot)('4-1 bad mount flags are INVALID_ARGUMENT and attach nothing; good ones stage', async () => {
-    const p = plugin();
-    const vol = await createVolume(p, 'flags', 'mount', 16 * MiB);
-    const staging = join(p.dir, 'kubelet', 'flags', 'staging');
-    await mkdir(staging, { recursive: true });
-    const loops = await loopsOf(p);
-    const cases: Array<[string[], RegExp]> = [
-      [['foo'], /refused by ext4: .*Unknown parameter 'foo'/],
-      [['errors=bogus'], /refused by ext4: .*Bad value for 'errors'/],
-      [['noatime,foo'], /comma/],
-      [['bind'], /reserved/],
-      [['loop'], /reserved/],
-      [['X-mount.mkdir'], /reserved/],
-      [['has space'], /characters/],
-      [[''], /empty/],
-    ];
-    for (const [flags, reason] of cases) {
-      const f = await failure(
-        call(p.clients.node, 'NodeStageVolume', {
-          volume_id: vol,
-          staging_target_path: staging,
-          volume_capability: {
-            mount: { fs_type: 'ext4', mount_flags: flags },
-            access_mode: { mode: 'SINGLE_NODE_WRITER' },
-          },
-        }),
-      );
-      expect(f, flags.join(' ')).toMatchObject({ code: status.INVALID_ARGUMENT, errorCode: 'CSI_ERR_BAD_MOUNT_FLAGS' });
-      expect(f.details, flags.join(' ')).toMatch(reason);
-      expect(await loopsOf(p)).toEqual(loops);
-    }
-    await call(p.clients.node, 'NodeStageVolume', {
-      volume_id: vol,
-      staging_target_path: staging,
-      volume_capability: {
-        mount: { fs_type: 'ext4', mount_flags: ['noatime', 'errors=remount-ro', 'discard'] },
-        access_mode: { mode: 'SINGLE_NODE_WRITER' },
-      },
-    });
-    const opts = (await execFileP('findmnt', ['-n', '-o', 'OPTIONS', staging])).stdout;
-    expect(opts).toMatch(/noatime/);
-    await call(p.clients.node, 'NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
-    await call(p.clients.controller, 'DeleteVolume', { volume_id: vol });
-  });
+  it.skipIf(!isRoot)(
+    '4-1 bad mount flags, alone or together, are INVALID_ARGUMENT and attach nothing; good ones stage',
+    async () => {
+      const p = plugin();
+      const vol = await createVolume(p, 'flags', 'mount', 16 * MiB);
+      const staging = join(p.dir, 'kubelet', 'flags', 'staging');
+      await mkdir(staging, { recursive: true });
+      const loops = await loopsOf(p);
+      const cases: Array<[string[], RegExp]> = [
+        [['foo'], /refused by ext4: .*Unknown parameter 'foo'/],
+        [['errors=bogus'], /refused by ext4: .*Bad value for 'errors'/],
+        [['noatime,foo'], /comma/],
+        [['bind'], /reserved/],
+        [['loop'], /reserved/],
+        [['X-mount.mkdir'], /reserved/],
+        [['has space'], /characters/],
+        // Each accepted by ext4's option parser; refused only when the superblock is built, and then together.
+        [['journal_async_commit'], /refused together by ext4/],
+        [['data=journal', 'delalloc'], /refused together by ext4/],
+        [[''], /empty/],
+      ];
+      for (const [flags, reason] of cases) {
+        const f = await failure(
+          call(p.clients.node, 'NodeStageVolume', {
+            volume_id: vol,
+            staging_target_path: staging,
+            volume_capability: {
+              mount: { fs_type: 'ext4', mount_flags: flags },
+              access_mode: { mode: 'SINGLE_NODE_WRITER' },
+            },
+          }),
+        );
+        expect(f, flags.join(' ')).toMatchObject({
+          code: status.INVALID_ARGUMENT,
+          errorCode: 'CSI_ERR_BAD_MOUNT_FLAGS',
+        });
+        expect(f.details, flags.join(' ')).toMatch(reason);
+        expect(await loopsOf(p)).toEqual(loops);
+      }
+      await call(p.clients.node, 'NodeStageVolume', {
+        volume_id: vol,
+        staging_target_path: staging,
+        volume_capability: {
+          mount: { fs_type: 'ext4', mount_flags: ['noatime', 'errors=remount-ro', 'discard'] },
+          access_mode: { mode: 'SINGLE_NODE_WRITER' },
+        },
+      });
+      const opts = (await execFileP('findmnt', ['-n', '-o', 'OPTIONS', staging])).stdout;
+      expect(opts).toMatch(/noatime/);
+      await call(p.clients.node, 'NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
+      await call(p.clients.controller, 'DeleteVolume', { volume_id: vol });
+    },
+  );
 
   it.skipIf(!isRoot)(
     '4-3 capacities are int64: above 2^53 is OUT_OF_RANGE with the exact value, 2^63-1 as a limit is fine, negatives are INVALID_ARGUMENT',

@@ -2,11 +2,14 @@
 // Issue 15, "the plugin always starts": a volume whose engine metadata is damaged (both checkpoints
 // overwritten) while the plugin is down. The next start serves every healthy volume with its data, and the
 // damaged one answers abnormal in its VolumeCondition (ControllerGetVolume and ListVolumes) with the reason,
-// instead of the plugin crash-looping.
+// instead of the plugin crash-looping, and `kubectl describe node` shows a Warning event naming it (the plugin
+// registered with the real test API server).
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { useCluster } from '../support/cluster.js';
+import { waitFor } from '../support/wait.js';
 import { call, cleanupDir, isRoot, MiB, PluginProcess } from './plugin.js';
 import { createVolume, readAt, sha256, stageAndPublish, unpublishAndUnstage, writeDurable } from './volumes.js';
 
@@ -15,6 +18,7 @@ interface VolumeStatus {
 }
 
 describe('a damaged volume does not stop the node plugin (root: loop devices, FUSE)', () => {
+  const cluster = useCluster('damaged');
   let dir: string | undefined;
   const plugins: PluginProcess[] = [];
   afterEach(async () => {
@@ -41,8 +45,49 @@ describe('a damaged volume does not stop the node plugin (root: loop devices, FU
       const meta = join(first.stateDir, 'volumes', damaged, 'meta');
       for (const f of ['checkpoint-0', 'checkpoint-1']) await writeFile(join(meta, f), randomBytes(64 * 1024));
 
-      const second = await PluginProcess.start({ dir });
+      // A Node of the test API server for the plugin to report on (nothing runs on it).
+      const nodeName = `damaged-${randomBytes(4).toString('hex')}`;
+      cluster.kubectl(['create', '-f', '-'], {
+        namespaced: false,
+        input: JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: nodeName } }),
+      });
+      const second = await PluginProcess.start({
+        dir,
+        nodeId: nodeName,
+        extraArgs: [
+          '--kubeconfig',
+          cluster.kubeconfigPath,
+          '--registry-namespace',
+          cluster.namespace,
+          // Advertised in the registry Lease only; nothing connects to it here.
+          '--advertise-endpoint',
+          '127.0.0.1:1',
+        ],
+      }).catch(async (err: unknown) => {
+        cluster.kubectl(['delete', 'node', nodeName, '--wait=false'], { namespaced: false });
+        throw err;
+      });
       plugins.push(second);
+      try {
+        // What an operator sees: the kubelet's event convention (uid = node name) makes kubectl find it.
+        const described = await waitFor(
+          'the Warning event on the Node',
+          () => {
+            const out = cluster.kubectl(['describe', 'node', nodeName], { namespaced: false });
+            return out.includes('VolumeUnavailable') ? out : undefined;
+          },
+          { timeoutMs: 30_000, intervalMs: 250 },
+        ).catch((err: Error) => {
+          const warned = second.lines.filter((l) => l.level === 'warn' || l.level === 'error');
+          throw new Error(
+            `${err.message}; plugin warnings: ${JSON.stringify(warned.map((l) => [l.msg, (l.err as { message?: string } | undefined)?.message]))}`,
+          );
+        });
+        expect(described).toMatch(new RegExp(`Warning +VolumeUnavailable .*volume ${damaged} could not be opened`));
+        expect(described).not.toContain(healthy);
+      } finally {
+        cluster.kubectl(['delete', 'node', nodeName, '--wait=false'], { namespaced: false });
+      }
       const ok = await call<{ status?: VolumeStatus }>(second.clients.controller, 'ControllerGetVolume', {
         volume_id: healthy,
       });

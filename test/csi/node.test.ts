@@ -3,12 +3,13 @@
 // condition when the data path under a volume is gone, stage/publish conflicts, and expansion of an unstaged
 // volume (ControllerExpandVolume, then NodeStage grows the file system; online expansion: expansion.test.ts).
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { call, isRoot, MiB, usePlugin } from './plugin.js';
-import { capability, createVolume, stageAndPublish, unpublishAndUnstage } from './volumes.js';
+import { capability, createVolume, stageAndPublish, unpublishAndUnstage, writeDurable } from './volumes.js';
 
 const execFileP = promisify(execFile);
 
@@ -65,8 +66,17 @@ describe('node service (root: loop devices, FUSE, mounts)', () => {
       volume_id: blkVol,
       volume_path: b.targetPath,
     });
-    expect(before.usage).toEqual([{ unit: 'BYTES', total: String(8 * MiB), used: '0', available: '0' }]);
+    expect(before.usage).toEqual([{ unit: 'BYTES', total: String(8 * MiB), used: '0', available: String(8 * MiB) }]);
     expect(before.volume_condition.abnormal).toBe(false);
+    // Used is what the engine holds for the raw device: the blocks written.
+    await writeDurable(b.targetPath, 2 * MiB, randomBytes(MiB));
+    const written = await call<Stats>(p.clients.node, 'NodeGetVolumeStats', {
+      volume_id: blkVol,
+      volume_path: b.targetPath,
+    });
+    expect(written.usage).toEqual([
+      { unit: 'BYTES', total: String(8 * MiB), used: String(MiB), available: String(7 * MiB) },
+    ]);
     // Pull the loop device out from under the plugin: the data path of this volume is down.
     const loops = (await execFileP('losetup', ['-l', '-n', '-O', 'NAME,BACK-FILE'])).stdout;
     const dev = loops

@@ -93,6 +93,8 @@ export interface VolumeBackend {
   copyVolumeInto(srcVolumeId: string, dstVolumeId: string, signal?: AbortSignal): Promise<{ copiedBytes: number }>;
   /** What backs `volumeId`, or undefined when nothing does. */
   backing(volumeId: string): BackingKind | undefined;
+  /** Bytes of the live volume that may hold data: written and not discarded since (granule resolution). */
+  liveUsedBytes(volumeId: string): number;
   /** CSI volumes that are thin clones of volume `volumeId`. */
   rwClonesOf(volumeId: string): string[];
   /**

@@ -22,6 +22,7 @@ import { describeLoop, type LoopDevice, loopForFile } from '../mount/loop-device
 import { VolumeStore } from '../store/volume-store.js';
 import { CsiError } from '../errors.js';
 import type { JobSample, VolumeGaugeSample } from '../metrics.js';
+import { trimFs } from '../mount/trim.js';
 import type {
   BackendFeatures,
   ByteExtent,
@@ -61,6 +62,8 @@ export interface EngineBackendOptions {
   readonly backgroundRateBytesPerSecond?: number;
   /** The predecessor's /dev/fuse descriptor (from the keeper): its connection is adopted when it can be. */
   readonly inheritedFuseFd?: number;
+  /** Trim a mounted file system before a meta-bitmap cut (default true; --trim-before-cut). */
+  readonly trimBeforeCut?: boolean;
 }
 
 /** File stores for the engine volumes: `<stateDir>/volumes/` and `<stateDir>/clones/`. */
@@ -182,6 +185,11 @@ export class EngineBackend implements VolumeBackend {
     return this.engine.storedVolumeIds();
   }
 
+  /** Engine volumes and images that failed to open at start (reported on the Node, registry/node-events.ts). */
+  unopenedVolumes(): { volumeId: string; reason: string }[] {
+    return this.engine.unopened();
+  }
+
   // ----- volumes ----------------------------------------------------------------------------------------
 
   createVolume(volumeId: string, sizeBytes: number): Promise<void> {
@@ -198,6 +206,21 @@ export class EngineBackend implements VolumeBackend {
 
   copyVolumeInto(srcVolumeId: string, dstVolumeId: string, signal?: AbortSignal): Promise<{ copiedBytes: number }> {
     return copyContent(this.engine.content(srcVolumeId), this.engine.own(dstVolumeId), signal);
+  }
+
+  liveUsedBytes(volumeId: string): number {
+    let used = 0;
+    let offset = 0;
+    for (;;) {
+      const batch = this.engine.content(volumeId).allocatedExtents(offset, 4096);
+      if (batch.length === 0) return used;
+      for (const e of batch) {
+        const start = Math.max(e.offset, offset);
+        used += Math.max(0, e.offset + e.length - start);
+      }
+      const last = batch[batch.length - 1]!;
+      offset = last.offset + last.length;
+    }
   }
 
   backing(volumeId: string): BackingKind | undefined {
@@ -242,6 +265,14 @@ export class EngineBackend implements VolumeBackend {
     opts: { method: EngineSnapshotMethod; tag: string; mountpoint?: string },
   ): Promise<EngineSnapshot> {
     const v = this.engine.own(volumeId);
+    // meta-bitmap skips what the file system freed only once the engine knows it: trim right before the freeze
+    // (ADR 0013). Blocks freed between the trim and the freeze are copied like any live block.
+    if (opts.method === 'meta-bitmap' && opts.mountpoint !== undefined && this.opts.trimBeforeCut !== false) {
+      const t = await trimFs(opts.mountpoint);
+      if (t.ok)
+        this.log.debug({ volumeId, trimmedBytes: t.trimmedBytes, durationMs: t.durationMs }, 'Trimmed before cut');
+      else this.log.warn({ volumeId, err: t.error }, 'Trim before a meta-bitmap cut failed; freed blocks are copied');
+    }
     return toSnapshot(await this.cut(() => v.createSnapshot({ method: opts.method, tag: opts.tag }), opts.mountpoint));
   }
 
@@ -491,6 +522,11 @@ export class EngineBackend implements VolumeBackend {
 
   healthy(): boolean {
     return !this.closed;
+  }
+
+  /** Why the data path cannot serve any volume (its FUSE mount is gone), or undefined. */
+  dataPathProblem(): Promise<string | undefined> {
+    return this.datapath.mountProblem();
   }
 
   /**

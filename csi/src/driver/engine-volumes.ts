@@ -179,6 +179,11 @@ export class EngineVolumes {
     return this.openFailures.get(id);
   }
 
+  /** Every engine volume or image that could not be opened at start, with why. */
+  unopened(): { volumeId: string; reason: string }[] {
+    return [...this.openFailures].map(([volumeId, reason]) => ({ volumeId, reason }));
+  }
+
   /** Engine volume by store and id (images included), if open. */
   engine(store: StoreKind, id: string): SnapshotVolume | undefined {
     return this.vols[store].get(id);

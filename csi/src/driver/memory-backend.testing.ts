@@ -144,6 +144,21 @@ export class MemoryBackend implements VolumeBackend {
     return copyContent(this.engine.content(srcVolumeId), this.engine.own(dstVolumeId));
   }
 
+  liveUsedBytes(volumeId: string): number {
+    let used = 0;
+    let offset = 0;
+    for (;;) {
+      const batch = this.engine.content(volumeId).allocatedExtents(offset, 4096);
+      if (batch.length === 0) return used;
+      for (const e of batch) {
+        const start = Math.max(e.offset, offset);
+        used += Math.max(0, e.offset + e.length - start);
+      }
+      const last = batch[batch.length - 1]!;
+      offset = last.offset + last.length;
+    }
+  }
+
   backing(volumeId: string): BackingKind | undefined {
     return this.engine.backing(volumeId);
   }

@@ -29,6 +29,8 @@ import type { DriverContext } from './context.js';
 import { volumeKey } from './locks.js';
 import { checkMountFlags } from './mount-flags.js';
 
+const EINVAL = 22;
+
 export interface StageInput {
   readonly volumeId: string;
   readonly stagingPath: string;
@@ -262,8 +264,13 @@ export class NodeService {
     const kind = this.pathKind(rec, volumePath);
     const condition = await this.d.backend.condition(volumeId);
     if (kind === 'block') {
+      // A raw device has no file system to ask: used is what the engine holds for it (written, not discarded).
       const size = rec.capacityBytes;
-      return { bytes: { total: size, used: 0, available: 0 }, inodes: null, condition };
+      const used =
+        condition.abnormal && this.d.backend.backing(volumeId) === undefined
+          ? 0
+          : this.d.backend.liveUsedBytes(volumeId);
+      return { bytes: { total: size, used, available: Math.max(0, size - used) }, inodes: null, condition };
     }
     let st;
     try {
@@ -490,13 +497,41 @@ export class NodeService {
       const o = [...(readOnly ? ['ro'] : []), ...options];
       // A frozen cut is consistent in place; a read-only xfs mount must not (and cannot) replay the log.
       if (fsType === 'xfs' && readOnly && !o.includes('norecovery')) o.push('norecovery');
-      await this.paths.mount(c, 'dir', { device: loop.device }, [
-        '-t',
-        fsType,
-        ...(o.length ? ['-o', o.join(',')] : []),
-      ]);
+      try {
+        await this.paths.mount(c, 'dir', { device: loop.device }, [
+          '-t',
+          fsType,
+          ...(o.length ? ['-o', o.join(',')] : []),
+        ]);
+      } catch (err) {
+        throw (await this.refusedFlags(fsType, loop.device, o, readOnly, options)) ?? err;
+      }
     }
     if (!formatted && !readOnly && fsType === 'xfs') await growMounted('xfs', loop.device, c.path);
+  }
+
+  /**
+   * After a failed mount with mount flags: whether the flags together are what the file system refused (the
+   * same superblock builds without them), as INVALID_ARGUMENT with the kernel's words; undefined otherwise.
+   */
+  private async refusedFlags(
+    fsType: string,
+    device: string,
+    all: readonly string[],
+    readOnly: boolean,
+    flags: readonly string[],
+  ): Promise<CsiError | undefined> {
+    if (flags.length === 0) return undefined;
+    const withFlags = await this.paths.checkFsOptionsOnDevice(fsType, device, all).catch(() => null);
+    if (withFlags === null || withFlags.errno !== EINVAL) return undefined;
+    const base = all.filter((o) => !flags.includes(o) || (readOnly && o === 'ro'));
+    const without = await this.paths.checkFsOptionsOnDevice(fsType, device, base).catch(() => withFlags);
+    if (without !== null) return undefined;
+    return new CsiError(
+      'CSI_ERR_BAD_MOUNT_FLAGS',
+      `mount flags ${JSON.stringify(flags)} are refused together by ${fsType}: ${withFlags.reason}`,
+      { details: { flags: flags.join(','), fsType } },
+    );
   }
 
   /**

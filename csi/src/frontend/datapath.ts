@@ -27,6 +27,7 @@ import { MountError } from '../mount/errors.js';
 import { withFrozenFs } from '../mount/freeze.js';
 import { run } from '../mount/exec.js';
 import { attachLoop, detachLoop, type LoopDevice, loopForFile, loopsForFile } from '../mount/loop-device.js';
+import { readMountInfo } from '../mount/mountinfo.js';
 import { closeFuseDevice, FUSE_FSTYPE } from './fuse-mount.js';
 import { readSessionRecord, sessionRecordPath } from './session-record.js';
 import { FuseServer } from './fuse-server.js';
@@ -181,6 +182,14 @@ export class Datapath {
   /** The connection id of the mount (`/sys/fs/fuse/connections/<id>`). */
   get connectionId(): number {
     return this.server.connection;
+  }
+
+  /** Why the FUSE mount cannot serve I/O (no mount of its connection in this mount namespace), or undefined. */
+  async mountProblem(): Promise<string | undefined> {
+    const id = this.connectionId;
+    if (id < 0) return 'the FUSE connection is not set up';
+    const mounted = (await readMountInfo()).some((m) => m.major === 0 && m.minor === id && m.fsType.startsWith(FUSE_FSTYPE));
+    return mounted ? undefined : `the FUSE mount of connection ${id} (${this.fuseMountpoint}) is gone`;
   }
 
   get fuseMountpoint(): string {

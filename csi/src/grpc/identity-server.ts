@@ -2,6 +2,7 @@
 // csi.v1.Identity: plugin name and version, the capabilities the plugin advertises, readiness.
 import type * as grpc from '@grpc/grpc-js';
 import type { BackendFeatures } from '../driver/backend.js';
+import { CsiError } from '../errors.js';
 import { type HandlerDeps, unary } from './handler.js';
 
 export interface IdentityDeps extends HandlerDeps {
@@ -10,6 +11,8 @@ export interface IdentityDeps extends HandlerDeps {
   readonly features: BackendFeatures;
   /** Probe's answer: the plugin can serve storage calls now. */
   readonly ready: () => boolean;
+  /** Why the plugin is unhealthy (Probe answers FAILED_PRECONDITION with it), or undefined. */
+  readonly unhealthy?: () => Promise<string | undefined>;
 }
 
 export const PLUGIN_SERVICE_CAPABILITIES = [
@@ -35,6 +38,10 @@ export function identityHandlers(deps: IdentityDeps): grpc.UntypedServiceImpleme
     GetPluginCapabilities: unary(deps, 'GetPluginCapabilities', async () => ({
       capabilities: pluginCapabilities(deps.features),
     })),
-    Probe: unary(deps, 'Probe', async () => ({ ready: { value: deps.ready() } })),
+    Probe: unary(deps, 'Probe', async () => {
+      const why = await deps.unhealthy?.();
+      if (why !== undefined) throw new CsiError('CSI_ERR_DATAPATH_DOWN', `${why}: no volume can be served`);
+      return { ready: { value: deps.ready() } };
+    }),
   };
 }

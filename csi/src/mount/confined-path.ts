@@ -568,6 +568,19 @@ export class ConfinedPaths {
     return this.runner.call(`checkFsOptions`, [fsType, options], `mount flags for ${fsType}`);
   }
 
+  /** The kernel's verdict on `options` together on `device` (path-ops checkFsOptionsOnDevice). */
+  async checkFsOptionsOnDevice(
+    fsType: string,
+    device: string,
+    options: readonly string[],
+  ): Promise<{ errno: number; reason: string } | null> {
+    return this.runner.call(
+      `checkFsOptionsOnDevice`,
+      [fsType, device, options],
+      `mount flags for ${fsType} on ${device}`,
+    );
+  }
+
   async close(): Promise<void> {
     await this.runner.close();
   }

@@ -356,6 +356,7 @@ const FSCONFIG_SET_STRING = 1;
 interface FsContextLib {
   fsopen: (fsName: string, flags: number) => number;
   fsconfig: (fd: number, cmd: number, key: string, value: string | null, aux: number) => number;
+  fsconfigCmd: (fd: number, cmd: number, key: null, value: null, aux: number) => number;
 }
 
 let fsLib: FsContextLib | undefined;
@@ -366,6 +367,7 @@ function fsContextLib(): FsContextLib {
   fsLib = {
     fsopen: c.func('int fsopen(const char *, unsigned int)') as FsContextLib['fsopen'],
     fsconfig: c.func('int fsconfig(int, unsigned int, const char *, const char *, int)') as FsContextLib['fsconfig'],
+    fsconfigCmd: c.func('int fsconfig(int, unsigned int, void *, void *, int)') as FsContextLib['fsconfigCmd'],
   };
   return fsLib;
 }
@@ -391,6 +393,46 @@ export function checkFsOptions(fsType: string, options: readonly string[]): { op
         const errno = koffi.errno();
         return { option: o, reason: fsContextMessage(fd) || `errno ${errno}` };
       }
+    }
+    return null;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const FSCONFIG_CMD_CREATE = 6;
+
+/**
+ * Builds (and drops again) a superblock of `fsType` on `device` with `options`, as a mount would, without
+ * attaching it anywhere: the check of the options together, which only the file system's fill_super does.
+ * Returns the kernel's reason when it refuses, or null. Run only after a mount with these options failed,
+ * on a device nothing else mounts.
+ */
+export function checkFsOptionsOnDevice(
+  fsType: string,
+  device: string,
+  options: readonly string[],
+): { errno: number; reason: string } | null {
+  const lib = fsContextLib();
+  const fd = lib.fsopen(fsType, FSOPEN_CLOEXEC);
+  if (fd < 0) return { errno: koffi.errno(), reason: `the kernel has no ${fsType} file system` };
+  try {
+    const steps: Array<[number, string, string | null]> = [[FSCONFIG_SET_STRING, 'source', device]];
+    // Per-mount flags (noatime, nodev, ...) belong to fsmount, not to the superblock: skipped like above.
+    for (const o of options) {
+      if (GENERIC_MOUNT_OPTIONS.has(o) && o !== 'ro') continue;
+      const eq = o.indexOf('=');
+      steps.push(eq < 0 ? [FSCONFIG_SET_FLAG, o, null] : [FSCONFIG_SET_STRING, o.slice(0, eq), o.slice(eq + 1)]);
+    }
+    for (const [cmd, key, value] of steps) {
+      if (lib.fsconfig(fd, cmd, key, value, 0) < 0) {
+        const errno = koffi.errno();
+        return { errno, reason: fsContextMessage(fd) || `${key}: errno ${errno}` };
+      }
+    }
+    if (lib.fsconfigCmd(fd, FSCONFIG_CMD_CREATE, null, null, 0) < 0) {
+      const errno = koffi.errno();
+      return { errno, reason: fsContextMessage(fd) || `errno ${errno}` };
     }
     return null;
   } finally {

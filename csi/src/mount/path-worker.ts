@@ -16,6 +16,7 @@ export const PATH_OPS = {
   usage: ops.usage,
   closeFds: ops.closeFds,
   checkFsOptions: ops.checkFsOptions,
+  checkFsOptionsOnDevice: ops.checkFsOptionsOnDevice,
 } as const;
 
 export type PathOpName = keyof typeof PATH_OPS;
