@@ -139,7 +139,8 @@ async function runVariant(ctx: BenchContext, fsType: string, variant: Variant): 
     const writeMbS = (4 * FILE_BYTES) / MiB / ((performance.now() - t1) / 1000);
     const growthBytes = (await savePoolUsed(metricsUrl, v.volumeId)) - before;
     await cut(p, 's2', v.volumeId, method);
-    // Cut latency: each cut after 8 MiB written and 8 MiB freed.
+    // Cut latency: each cut after 8 MiB written and 8 MiB freed (room made first: the volume is full).
+    for (let i = 0; i < 4; i++) await rm(join(v.target, `n${i}`));
     const small = randomBytes(8 * MiB);
     const samples: number[] = [];
     for (let i = 0; i < CUTS; i++) {

@@ -85,11 +85,7 @@ export async function recoverState(d: DriverContext, storedVolumeIds: readonly s
     else if (v.origin.kind === 'rw-clone' && d.backend.backing(v.volumeId) === 'volume') {
       await d.state.putVolume({ ...(d.state.volume(v.volumeId) ?? v), origin: { kind: 'copy' } });
       r.hydrationsFinished.push(v.volumeId);
-    } else if (
-      v.origin.kind === 'rw-clone' &&
-      d.backend.backing(v.volumeId) === 'rw' &&
-      recordHydrates(v.parameters)
-    ) {
+    } else if (v.origin.kind === 'rw-clone' && d.backend.backing(v.volumeId) === 'rw' && recordHydrates(v.parameters)) {
       await d.backend.startHydration(v.volumeId);
       r.hydrationsStarted.push(v.volumeId);
     }

@@ -188,7 +188,9 @@ export class Datapath {
   async mountProblem(): Promise<string | undefined> {
     const id = this.connectionId;
     if (id < 0) return 'the FUSE connection is not set up';
-    const mounted = (await readMountInfo()).some((m) => m.major === 0 && m.minor === id && m.fsType.startsWith(FUSE_FSTYPE));
+    const mounted = (await readMountInfo()).some(
+      (m) => m.major === 0 && m.minor === id && m.fsType.startsWith(FUSE_FSTYPE),
+    );
     return mounted ? undefined : `the FUSE mount of connection ${id} (${this.fuseMountpoint}) is gone`;
   }
 
