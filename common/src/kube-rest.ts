@@ -29,13 +29,25 @@ export interface KubeRequest {
 export class KubeApiError extends LoopsnapError {
   readonly statusCode: number;
   readonly reason: string;
+  /** The response's Retry-After header in seconds, when it had one. */
+  readonly retryAfterSeconds: number | undefined;
 
-  constructor(statusCode: number, reason: string, message: string, options?: { cause?: unknown }) {
+  constructor(
+    statusCode: number,
+    reason: string,
+    message: string,
+    options?: { cause?: unknown; retryAfterSeconds?: number },
+  ) {
     super(statusCode === 0 ? 'KUBE_UNREACHABLE' : `KUBE_HTTP_${statusCode}`, message, options);
     this.statusCode = statusCode;
     this.reason = reason;
+    this.retryAfterSeconds = options?.retryAfterSeconds;
   }
 }
+
+/** 429 answers retried per request (client-go: 10), and the longest Retry-After honoured. */
+export const MAX_THROTTLE_RETRIES = 5;
+export const MAX_RETRY_AFTER_SECONDS = 10;
 
 export const isNotFound = (err: unknown): boolean => err instanceof KubeApiError && err.statusCode === 404;
 export const isConflict = (err: unknown): boolean => err instanceof KubeApiError && err.statusCode === 409;
@@ -138,7 +150,24 @@ export class KubeRest {
     this.agent.destroy();
   }
 
+  /**
+   * One API call. A 429 (the API server's priority and fairness, or a webhook) is retried after its
+   * Retry-After, as client-go does: up to MAX_THROTTLE_RETRIES times, each wait capped at
+   * MAX_RETRY_AFTER_SECONDS; then the 429 is the caller's.
+   */
   async request<T>(req: KubeRequest): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.requestOnce<T>(req);
+      } catch (err) {
+        if (!(err instanceof KubeApiError) || err.statusCode !== 429 || attempt >= MAX_THROTTLE_RETRIES) throw err;
+        const waitS = Math.min(err.retryAfterSeconds ?? 1, MAX_RETRY_AFTER_SECONDS);
+        await new Promise((r) => setTimeout(r, waitS * 1000));
+      }
+    }
+  }
+
+  private async requestOnce<T>(req: KubeRequest): Promise<T> {
     if (this.limiter) await this.limiter.take();
     const authOpts: https.RequestOptions = { headers: {} };
     await this.kc.applyToHTTPSOptions(authOpts);
@@ -176,11 +205,13 @@ export class KubeRest {
             return;
           }
           const st = (parsed ?? {}) as { reason?: string; message?: string };
+          const retryAfter = Number(res.headers['retry-after']);
           reject(
             new KubeApiError(
               status,
               st.reason ?? res.statusMessage ?? '',
               `${req.method} ${req.path}: ${status} ${st.message ?? text.slice(0, 200)}`,
+              Number.isFinite(retryAfter) && retryAfter >= 0 ? { retryAfterSeconds: retryAfter } : {},
             ),
           );
         });

@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 import { KeyedMutex } from './csi-client/node-client.js';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { RetryGate, WorkQueue } from './workqueue.js';
 
 const q = (start = 10, max = 80) => new WorkQueue({ retryIntervalStartMs: start, retryIntervalMaxMs: max });
 
 describe('WorkQueue', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
   it('1-1 - de-duplicates keys that are queued', async () => {
     const wq = q();
     wq.add('a');
@@ -28,7 +32,8 @@ describe('WorkQueue', () => {
     const p = wq.get().then((v) => {
       second = v;
     });
-    await new Promise((r) => setTimeout(r, 5));
+    // Every callback the queue could have scheduled has run by the next macrotask turn.
+    await new Promise((r) => setImmediate(r));
     expect(second).toBeUndefined();
     wq.done('a');
     await p;
@@ -46,15 +51,23 @@ describe('WorkQueue', () => {
   });
 
   it('1-4 - addAfter keeps the earliest of several delays and then queues the key once', async () => {
+    // Fake clock: the delays are checked exactly, whatever the load of the machine.
+    vi.useFakeTimers();
     const wq = q();
     wq.addAfter('k', 200);
     wq.addAfter('k', 20);
     wq.addAfter('k', 100);
-    const t0 = Date.now();
-    expect(await wq.get()).toBe('k');
-    expect(Date.now() - t0).toBeLessThan(150);
+    let got: string | undefined;
+    const p = wq.get().then((v) => {
+      got = v;
+    });
+    await vi.advanceTimersByTimeAsync(19);
+    expect(got).toBeUndefined();
+    await vi.advanceTimersByTimeAsync(1);
+    await p;
+    expect(got).toBe('k');
     wq.done('k');
-    await new Promise((r) => setTimeout(r, 250));
+    await vi.advanceTimersByTimeAsync(300);
     expect(wq.depth).toBe(0);
   });
 
