@@ -26,6 +26,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --loglevel=error
 COPY . .
 RUN npx tsc -p tsconfig.build.json
+# Test-only code (*.testing.ts: fault-injecting file I/O, the data-path test host, harnesses) stays out.
+RUN find dist \( -name '*.testing.js' -o -name '*.testing.js.map' \) -delete
 
 # Production node_modules: npm ci --omit=dev of the lock file.
 FROM ${NODE_IMAGE} AS modules

@@ -276,11 +276,12 @@ command_script() { # the same text as the Dockerfile's printf
 }
 
 # app_files: repository paths that go to /app/<path>: package.json, the compiled sources (each non-test .ts of
-# common, controller and csi as its .js and .js.map; leftovers of deleted sources in dist/ are not taken),
+# common, controller and csi as its .js and .js.map; tests and test-only code (*.testing.ts: fault-injecting
+# file I/O, the data-path test host, harnesses) and leftovers of deleted sources in dist/ are not taken),
 # csi/proto and everything hack/protos.sh wrote to gen/proto.
 app_files() {
   echo package.json
-  find common/src controller/src csi/src -name '*.ts' ! -name '*.test.ts' ! -name '*.d.ts' -printf '%p\n' |
+  find common/src controller/src csi/src -name '*.ts' ! -name '*.test.ts' ! -name '*.testing.ts' ! -name '*.d.ts' -printf '%p\n' |
     sed 's/\.ts$//' | while read -r f; do printf 'dist/%s.js\ndist/%s.js.map\n' "$f" "$f"; done
   find csi/proto gen/proto -type f -printf '%p\n'
 }

@@ -29,10 +29,10 @@ function repoFiles(dir: string): string[] {
   return out;
 }
 
-/** What tsc -p tsconfig.build.json writes for <pkg>/src: each non-test .ts as .js and .js.map. */
+/** What the image takes of tsc -p tsconfig.build.json for <pkg>/src: each product .ts as .js and .js.map. */
 function compiled(pkg: string): string[] {
   return repoFiles(join(pkg, 'src'))
-    .filter((f) => f.endsWith('.ts') && !f.endsWith('.test.ts') && !f.endsWith('.d.ts'))
+    .filter((f) => f.endsWith('.ts') && !f.endsWith('.test.ts') && !f.endsWith('.testing.ts') && !f.endsWith('.d.ts'))
     .flatMap((f) => [`src/${f.slice(0, -3)}.js`, `src/${f.slice(0, -3)}.js.map`]);
 }
 
@@ -158,6 +158,17 @@ describe('Dockerfile and hack/image.sh: same layout', () => {
     );
     expect(appEntries.get('usr/local/bin/node')!.entry.mode & 0o777).toBe(0o755);
     expect(appEntries.get('usr/local/bin/node')!.entry.size).toBeGreaterThan(50 << 20);
+  });
+
+  it('ships no test-only code (*.testing.*) and no tests', () => {
+    const testOnly = [...appEntries.keys()].filter(
+      (p) => p.startsWith('app/dist/') && /\.test(ing)?\.js(\.map)?$/.test(p),
+    );
+    expect(testOnly).toEqual([]);
+    expect(
+      repoFiles('csi/src').some((f) => f.endsWith('.testing.ts')),
+      'the check is not vacuous',
+    ).toBe(true);
   });
 
   it('keeps the compiled files current with the sources (no stale dist/ leftovers, none missing)', () => {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Data-path test helpers: a forked host process running the FUSE server (csi/src/frontend/datapath-host.ts),
+// Data-path test helpers: a forked host process running the FUSE server (csi/src/frontend/datapath-host.testing.ts),
 // the compiled-JS freshness check it needs, and a resource tracker that removes every loop device, mount,
 // process and temp dir a test made, whether it passed or not.
 import { type ChildProcess, execFile, fork } from 'node:child_process';
@@ -17,7 +17,7 @@ const execFileP = promisify(execFile);
 
 export const isRoot = process.getuid?.() === 0;
 
-export const HOST_SCRIPT = join(REPO_ROOT, 'dist', 'csi', 'src', 'frontend', 'datapath-host-main.js');
+export const HOST_SCRIPT = join(REPO_ROOT, 'dist', 'csi', 'src', 'frontend', 'datapath-host-main.testing.js');
 
 async function newestMtime(dir: string): Promise<number> {
   let newest = 0;

@@ -3,7 +3,7 @@
 // their live views, snapshots (cut with fsfreeze when a mount point is given) and snapshot views.
 import type { SnapshotMethod, SnapshotVolume } from '../engine/volume.js';
 import { VolumeStore } from '../store/volume-store.js';
-import { type HostContext, type HostMethod, requireDatapath } from './datapath-host.js';
+import { type HostContext, type HostMethod, requireDatapath } from './datapath-host.testing.js';
 import { livePort, rwPort, snapshotPort } from './engine-ports.js';
 
 interface EngineState {

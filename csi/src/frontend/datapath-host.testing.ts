@@ -5,7 +5,7 @@
 //
 // Protocol: the parent sends { id, method, params }; the host answers { id, ok: true, result } or
 // { id, ok: false, error: { code, message } }. Methods are listed in `methods` below (engine-backed ones in
-// datapath-host-engine.ts).
+// datapath-host-engine.testing.ts).
 import { Registry } from 'prom-client';
 import type { Logger } from '../../../common/src/log.js';
 import { createLogger } from '../../../common/src/log.js';

@@ -16,7 +16,7 @@ import type { SnapshotVolume } from '../engine/volume.js';
 import { rwSource, snapshotSource } from '../jobs/copy-source.js';
 import { ExtentCopyJob } from '../jobs/extent-copy.js';
 import { HydrateView } from '../jobs/hydrate-view.js';
-import { CrashController, CrashFileIo, type CrashMode } from './crash-file-io.js';
+import { CrashController, CrashFileIo, type CrashMode } from './crash-file-io.testing.js';
 import { Candidates, equal, rng } from './crash-support.testing.js';
 import { NodeFileIo } from './file-io.js';
 import { VolumeStore } from './volume-store.js';

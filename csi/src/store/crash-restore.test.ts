@@ -18,7 +18,7 @@ import type { RestoreOrder, SnapshotMethod } from '../engine/layout.js';
 import { checkVolume } from '../engine/testing/check.js';
 import { type ModelSnapshot, pattern, VolumeModel } from '../engine/testing/model.js';
 import type { SnapshotVolume } from '../engine/volume.js';
-import { CrashController, CrashFileIo, type CrashMode } from './crash-file-io.js';
+import { CrashController, CrashFileIo, type CrashMode } from './crash-file-io.testing.js';
 import { Candidates, equal, rng } from './crash-support.testing.js';
 import { NodeFileIo } from './file-io.js';
 import { VolumeStore } from './volume-store.js';

@@ -12,7 +12,7 @@ import type { SnapshotMethod } from '../engine/layout.js';
 import { checkVolume } from '../engine/testing/check.js';
 import { pattern, VolumeModel } from '../engine/testing/model.js';
 import type { SnapshotVolume } from '../engine/volume.js';
-import { CrashController, CrashFileIo, type CrashMode } from './crash-file-io.js';
+import { CrashController, CrashFileIo, type CrashMode } from './crash-file-io.testing.js';
 import { NodeFileIo } from './file-io.js';
 import { VolumeStore } from './volume-store.js';
 

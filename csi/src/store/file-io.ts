@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // A narrow file-system port for the file stores, so tests can inject crashes between a write and its sync
-// (crash-file-io.ts). Positional reads and writes are synchronous (pread/pwrite on the calling thread: the
+// (crash-file-io.testing.ts). Positional reads and writes are synchronous (pread/pwrite on the calling thread: the
 // fastest path in Node and what the data-path workers do too); only sync() goes to the libuv pool.
 
 import * as fs from 'node:fs';
