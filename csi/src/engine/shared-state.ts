@@ -10,7 +10,8 @@
 //                        all blocks at snapshot creation, for discarded granules, and (issue 4) at restore.
 //   meta     Uint32Array MBM_P, one bit per granule of 2^granuleShift blocks (1 = valid).
 //
-// Worker protocol (DirectPath below implements it):
+// Worker protocol (the functions below implement it; the data-path workers, frontend/data-plane.ts, and the
+// engine's tests use them):
 // - Direct production write of blocks [b, b + n): Atomics.add(control, CTL_INFLIGHT, 1); then, only if
 //   control[CTL_GATE] = 0, control[CTL_GENERATION] equals the generation the worker's arrays came from and
 //   every settled bit of the range is 1, pwrite clone.img (whole or partial blocks, no read-modify-write);
@@ -35,7 +36,7 @@ export const CTL_INFLIGHT = 1;
 export const CTL_GENERATION = 2;
 export const CTL_FLAGS = 3;
 export const CONTROL_WORDS = 8;
-/** Reserved for issue 4 (online restore): production reads must go to the engine. */
+/** Set while production reads must go to the engine (an online restore switched the volume). */
 export const FLAG_READS_VIA_ENGINE = 1;
 
 export interface SharedVolumeState {
@@ -51,32 +52,54 @@ export interface SharedVolumeState {
 
 export type ReadRoute = 'zeros' | 'clone' | 'engine';
 
-/** Worker-side helper implementing the protocol above over a SharedVolumeState. */
-export class DirectPath {
-  constructor(private readonly state: SharedVolumeState) {}
-
-  /** True when the caller may write blocks [block, block + count) to clone.img now; then call endWrite(). */
-  tryBeginWrite(block: number, count: number): boolean {
-    const { control, settled, blockCount } = this.state;
-    Atomics.add(control, CTL_INFLIGHT, 1);
-    let ok = Atomics.load(control, CTL_GATE) === 0 && Atomics.load(control, CTL_GENERATION) === this.state.generation;
-    ok = ok && block >= 0 && block + count <= blockCount;
-    for (let b = block; ok && b < block + count; b++) {
-      ok = ((Atomics.load(settled, b >>> 5) >>> (b & 31)) & 1) === 1;
-    }
-    if (!ok) Atomics.sub(control, CTL_INFLIGHT, 1);
-    return ok;
+/** True when every bit in [first, last] (inclusive) of `words` is set (atomic word loads). */
+export function allSet(words: Int32Array | Uint32Array, first: number, last: number): boolean {
+  let i = first;
+  while (i <= last) {
+    const w = i >>> 5;
+    const lo = i & 31;
+    const hi = Math.min(31, last - (w << 5));
+    const mask = hi - lo === 31 ? -1 : ((1 << (hi - lo + 1)) - 1) << lo;
+    if ((Atomics.load(words, w) & mask) !== mask) return false;
+    i = (w + 1) << 5;
   }
+  return true;
+}
 
-  endWrite(): void {
-    Atomics.sub(this.state.control, CTL_INFLIGHT, 1);
-  }
+/**
+ * Enters a direct production write of blocks [first, last]: true when the caller may pwrite them to
+ * clone.img now, and must call leaveDirectWrite() afterwards; false (nothing held) routes it to the engine.
+ */
+export function enterDirectWrite(s: SharedVolumeState, first: number, last: number): boolean {
+  const { control, settled, blockCount } = s;
+  Atomics.add(control, CTL_INFLIGHT, 1);
+  const ok =
+    Atomics.load(control, CTL_GATE) === 0 &&
+    Atomics.load(control, CTL_GENERATION) === s.generation &&
+    first >= 0 &&
+    first <= last &&
+    last < blockCount &&
+    allSet(settled, first, last);
+  if (!ok) Atomics.sub(control, CTL_INFLIGHT, 1);
+  return ok;
+}
 
-  /** Where a production read of `block` is served from. */
-  readRoute(block: number): ReadRoute {
-    const { control, meta, granuleShift } = this.state;
-    if ((Atomics.load(control, CTL_FLAGS) & FLAG_READS_VIA_ENGINE) !== 0) return 'engine';
-    if (Atomics.load(control, CTL_GENERATION) !== this.state.generation) return 'engine';
-    return testBit(meta, Math.floor(block / 2 ** granuleShift)) ? 'clone' : 'zeros';
-  }
+export function leaveDirectWrite(s: SharedVolumeState): void {
+  Atomics.sub(s.control, CTL_INFLIGHT, 1);
+}
+
+/** The engine replaced its arrays (resize): fetch sharedState() again before any direct I/O. */
+export function staleGeneration(s: SharedVolumeState): boolean {
+  return Atomics.load(s.control, CTL_GENERATION) !== s.generation;
+}
+
+/** False while the engine routes production reads to itself (online restore) or after it replaced its arrays. */
+export function readsDirect(s: SharedVolumeState): boolean {
+  return (Atomics.load(s.control, CTL_FLAGS) & FLAG_READS_VIA_ENGINE) === 0 && !staleGeneration(s);
+}
+
+/** Where a production read of `block` is served from. */
+export function readRoute(s: SharedVolumeState, block: number): ReadRoute {
+  if (!readsDirect(s)) return 'engine';
+  return testBit(s.meta, Math.floor(block / 2 ** s.granuleShift)) ? 'clone' : 'zeros';
 }

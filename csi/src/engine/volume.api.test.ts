@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { type BlockDevice, MemBlockDevice, MemMetaStore, type MetaStore } from './block-device.js';
 import { engineError } from './errors.js';
-import { CTL_GATE, DirectPath } from './shared-state.js';
+import { CTL_GATE, enterDirectWrite, leaveDirectWrite, readRoute } from './shared-state.js';
 import { checkVolume } from './testing/check.js';
 import { pattern, VolumeModel } from './testing/model.js';
 import { SnapshotVolume, type VolumeRuntimeOptions } from './volume.js';
@@ -241,36 +241,36 @@ describe('shared-memory fast path (contract of shared-state.ts)', () => {
     expect(st.settled.buffer).toBeInstanceOf(SharedArrayBuffer);
     expect(st.meta.buffer).toBeInstanceOf(SharedArrayBuffer);
     expect(st.control.buffer).toBeInstanceOf(SharedArrayBuffer);
-    const dp = new DirectPath(st);
-    expect(dp.readRoute(3)).toBe('zeros');
+    const dp = st;
+    expect(readRoute(dp, 3)).toBe('zeros');
     expect(vol.needsEngine(3)).toBe(true);
-    expect(dp.tryBeginWrite(3, 1)).toBe(false);
+    expect(enterDirectWrite(dp, 3, 3)).toBe(false);
     await vol.write(3 * BS, pattern(1, BS));
     expect(vol.needsEngine(3)).toBe(false);
-    expect(dp.readRoute(3)).toBe('clone');
-    expect(dp.tryBeginWrite(3, 1)).toBe(true);
-    dp.endWrite();
+    expect(readRoute(dp, 3)).toBe('clone');
+    expect(enterDirectWrite(dp, 3, 3)).toBe(true);
+    leaveDirectWrite(dp);
     await vol.createSnapshot();
-    expect(dp.tryBeginWrite(3, 1)).toBe(false);
+    expect(enterDirectWrite(dp, 3, 3)).toBe(false);
     await vol.write(3 * BS, pattern(2, BS));
     expect(vol.getSnapshot(1).savedBlocks).toBe(1);
-    expect(dp.tryBeginWrite(3, 1)).toBe(true);
-    dp.endWrite();
+    expect(enterDirectWrite(dp, 3, 3)).toBe(true);
+    leaveDirectWrite(dp);
   });
 
   it('snapshot creation closes the gate and waits for direct writes in flight (OP-1 quiesce)', async () => {
     const vol = await sharedVolume();
     await vol.write(0, pattern(1, BS));
     const st = vol.sharedState();
-    const dp = new DirectPath(st);
-    expect(dp.tryBeginWrite(0, 1)).toBe(true);
+    const dp = st;
+    expect(enterDirectWrite(dp, 0, 0)).toBe(true);
     let cut = false;
     const p = vol.createSnapshot().then(() => (cut = true));
     await new Promise((r) => setTimeout(r, 20));
     expect(Atomics.load(st.control, CTL_GATE)).toBe(1);
     expect(cut).toBe(false);
-    expect(new DirectPath(st).tryBeginWrite(0, 1)).toBe(false);
-    dp.endWrite();
+    expect(enterDirectWrite(st, 0, 0)).toBe(false);
+    leaveDirectWrite(dp);
     await p;
     expect(cut).toBe(true);
     expect(Atomics.load(st.control, CTL_GATE)).toBe(0);
@@ -279,11 +279,13 @@ describe('shared-memory fast path (contract of shared-state.ts)', () => {
   it('a resize bumps the generation so stale workers route to the engine', async () => {
     const vol = await sharedVolume();
     await vol.write(0, pattern(1, BS));
-    const stale = new DirectPath(vol.sharedState());
+    const stale = vol.sharedState();
     await vol.resize(32 * BS);
-    expect(stale.tryBeginWrite(0, 1)).toBe(false);
-    expect(stale.readRoute(0)).toBe('engine');
-    expect(new DirectPath(vol.sharedState()).tryBeginWrite(0, 1)).toBe(true);
+    expect(enterDirectWrite(stale, 0, 0)).toBe(false);
+    expect(readRoute(stale, 0)).toBe('engine');
+    const fresh = vol.sharedState();
+    expect(enterDirectWrite(fresh, 0, 0)).toBe(true);
+    leaveDirectWrite(fresh);
   });
 
   it('requires shared: true', async () => {

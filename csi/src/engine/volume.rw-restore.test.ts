@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { MemBlockDevice, MemMetaStore } from './block-device.js';
 import { engineError } from './errors.js';
-import { CTL_FLAGS, DirectPath, FLAG_READS_VIA_ENGINE } from './shared-state.js';
+import { CTL_FLAGS, enterDirectWrite, readRoute, FLAG_READS_VIA_ENGINE } from './shared-state.js';
 import { checkVolume } from './testing/check.js';
 import { pattern, VolumeModel } from './testing/model.js';
 import { SnapshotVolume } from './volume.js';
@@ -394,14 +394,14 @@ describe('in-place restore (OP-13)', () => {
     await vol.write(0, pattern(1, 8 * BS));
     const s = await vol.createSnapshot();
     await vol.write(0, pattern(2, BS));
-    const dp = new DirectPath(vol.sharedState());
-    expect(dp.readRoute(0)).toBe('clone');
+    const dp = vol.sharedState();
+    expect(readRoute(dp, 0)).toBe('clone');
     await vol.startRestore({ source: { kind: 'snapshot', id: s.id } });
     expect(Atomics.load(vol.sharedState().control, CTL_FLAGS) & FLAG_READS_VIA_ENGINE).toBe(FLAG_READS_VIA_ENGINE);
-    expect(dp.readRoute(0)).toBe('engine');
-    expect(dp.tryBeginWrite(0, 1)).toBe(false);
+    expect(readRoute(dp, 0)).toBe('engine');
+    expect(enterDirectWrite(dp, 0, 0)).toBe(false);
     while (vol.restoreStatus() !== null) await vol.restoreStep();
-    expect(dp.readRoute(0)).toBe('clone');
+    expect(readRoute(dp, 0)).toBe('clone');
     expect(same(await vol.read(0, BS), pattern(1, BS))).toBe(true);
   });
 

@@ -11,7 +11,7 @@ import {
 } from './fuse-abi.js';
 import type { RequestHeader } from './fuse-codec.js';
 import { encodeWriteOut } from './fuse-reply.js';
-import { allSet } from './shared-bitmap.js';
+import { allSet, enterDirectWrite, leaveDirectWrite, readsDirect } from '../engine/shared-state.js';
 import {
   COUNTER_FAST_READ,
   COUNTER_FAST_WRITE,
@@ -19,14 +19,10 @@ import {
   COUNTER_HANDOFF_FLUSH,
   COUNTER_HANDOFF_READ,
   COUNTER_HANDOFF_WRITE,
-  ENGINE_CTL_GATE,
-  ENGINE_CTL_GENERATION,
-  ENGINE_CTL_INFLIGHT,
-  type EngineFastPath,
   type WorkerRequest,
 } from './view-protocol.js';
 import { aligned, errnoOf, type FileIo, SENT, type Sent } from './worker-io.js';
-import { readsDirect, type ViewState } from './worker-views.js';
+import type { ViewState } from './worker-views.js';
 
 /** How the data plane answers; implemented by the session. */
 export interface Replies {
@@ -101,20 +97,19 @@ export class DataPlane {
     if (v.d.readOnly) return this.reply.error(h, Errno.EROFS);
     if (size === 0) return this.reply.ok(h, encodeWriteOut(this.reply.outDv, OUT_HEADER_BYTES, 0));
     if (offset + size > v.d.sizeBytes) return this.reply.error(h, Errno.ENOSPC);
-    if (v.engine) {
-      const ctl = v.engine.control;
-      // Engine fast-path protocol: count in, then check; an exclusive engine section that saw the count at
-      // 0 after closing the gate cannot overlap this write.
-      Atomics.add(ctl, ENGINE_CTL_INFLIGHT, 1);
+    // Engine fast-path protocol (engine/shared-state.ts): counted in before the checks, so an exclusive engine
+    // section that saw no write in flight after closing the gate cannot overlap this one.
+    if (
+      v.engine &&
+      enterDirectWrite(v.engine, Math.floor(offset / v.blockBytes), Math.floor((offset + size - 1) / v.blockBytes))
+    ) {
       try {
-        if (this.mayWriteDirect(v, v.engine, offset, size)) {
-          this.writeData(v, dataOffset, size, offset);
-          this.deps.counters[COUNTER_FAST_WRITE]! += 1;
-          return this.reply.ok(h, encodeWriteOut(this.reply.outDv, OUT_HEADER_BYTES, size));
-        }
+        this.writeData(v, dataOffset, size, offset);
       } finally {
-        Atomics.sub(ctl, ENGINE_CTL_INFLIGHT, 1);
+        leaveDirectWrite(v.engine);
       }
+      this.deps.counters[COUNTER_FAST_WRITE]! += 1;
+      return this.reply.ok(h, encodeWriteOut(this.reply.outDv, OUT_HEADER_BYTES, size));
     }
     if (v.d.kind !== 'file') {
       // Slow path: the main thread performs the whole write through the engine (COW, meta bit, data).
@@ -195,14 +190,6 @@ export class DataPlane {
       }
     }
     this.pwriteFull(v.d.fd, dataOffset, size, offset);
-  }
-
-  private mayWriteDirect(v: ViewState, e: EngineFastPath, offset: number, size: number): boolean {
-    if (Atomics.load(e.control, ENGINE_CTL_GATE) !== 0) return false;
-    if (Atomics.load(e.control, ENGINE_CTL_GENERATION) !== e.generation) return false;
-    const b0 = Math.floor(offset / v.blockBytes);
-    const b1 = Math.floor((offset + size - 1) / v.blockBytes);
-    return b1 < e.blockCount && allSet(e.settled, b0, b1);
   }
 
   private pwriteFull(fd: number, dataOffset: number, size: number, position: number): void {

@@ -12,16 +12,18 @@ import {
 } from './fuse-abi.js';
 import { frame, frames } from './fuse-frames.testing.js';
 import { FuseSession, probeDirectPosition } from './fuse-session.js';
+import {
+  CTL_FLAGS as ENGINE_CTL_FLAGS,
+  CTL_GATE as ENGINE_CTL_GATE,
+  CTL_GENERATION as ENGINE_CTL_GENERATION,
+  CTL_INFLIGHT as ENGINE_CTL_INFLIGHT,
+} from '../engine/shared-state.js';
 import { createSharedBitmap, fillBits } from './shared-bitmap.js';
 import {
   CTL_OPENS,
   CTL_STATE,
   CTL_VERSION,
   CTL_WORDS,
-  ENGINE_CTL_FLAGS,
-  ENGINE_CTL_GATE,
-  ENGINE_CTL_GENERATION,
-  ENGINE_CTL_INFLIGHT,
   type EngineFastPath,
   VIEW_ACTIVE,
   type ViewDescriptor,

@@ -19,22 +19,11 @@ export function createSharedBitmap(bits: number): Int32Array {
   return new Int32Array(new SharedArrayBuffer(Math.max(4, bitmapWords(bits) * 4)));
 }
 
+/** True when every bit in [first, last] (inclusive) is set: the engine's, which owns the fast-path protocol. */
+export { allSet } from '../engine/shared-state.js';
+
 export function testBit(words: BitWords, i: number): boolean {
   return (Atomics.load(words, i >>> 5) & (1 << (i & 31))) !== 0;
-}
-
-/** True when every bit in [first, last] (inclusive) is set. */
-export function allSet(words: BitWords, first: number, last: number): boolean {
-  let i = first;
-  while (i <= last) {
-    const w = i >>> 5;
-    const lo = i & 31;
-    const hi = Math.min(31, last - (w << 5));
-    const mask = hi - lo === 31 ? -1 : ((1 << (hi - lo + 1)) - 1) << lo;
-    if ((Atomics.load(words, w) & mask) !== mask) return false;
-    i = (w + 1) << 5;
-  }
-  return true;
 }
 
 /** True when no bit in [first, last] (inclusive) is set. */

@@ -45,25 +45,12 @@ export const VIEW_REMOVED = 2;
 export type ViewKind = 'file' | 'live' | 'remote';
 
 /**
- * The engine's shared state for worker threads (structurally engine/shared-state.ts SharedVolumeState).
- * control: [ENGINE_CTL_GATE, ENGINE_CTL_INFLIGHT, ENGINE_CTL_GENERATION, ENGINE_CTL_FLAGS, ...];
- * settled: bit per block, 1 = a production write needs no engine work; meta: MBM_P, bit per granule.
+ * The engine's shared state for worker threads and its protocol: engine/shared-state.ts (one implementation,
+ * run by the workers and exercised by the engine's tests).
  */
-export interface EngineFastPath {
-  readonly control: Int32Array;
-  readonly settled: Uint32Array;
-  readonly meta: Uint32Array;
-  readonly blockSize: number;
-  readonly blockCount: number;
-  readonly granuleShift: number;
-  readonly generation: number;
-}
+import type { SharedVolumeState } from '../engine/shared-state.js';
 
-export const ENGINE_CTL_GATE = 0;
-export const ENGINE_CTL_INFLIGHT = 1;
-export const ENGINE_CTL_GENERATION = 2;
-export const ENGINE_CTL_FLAGS = 3;
-export const ENGINE_FLAG_READS_VIA_ENGINE = 1;
+export type EngineFastPath = SharedVolumeState;
 
 export interface ViewDescriptor {
   readonly nodeId: number;

@@ -1,14 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // A worker's table of exposed views, fed by the main thread's control messages (drained without an event
 // loop, with receiveMessageOnPort) and pruned by the shared view state (CTL_STATE).
+import { staleGeneration } from '../engine/shared-state.js';
 import { FUSE_ROOT_ID, S_IFDIR, S_IFREG } from './fuse-abi.js';
 import type { Attr } from './fuse-reply.js';
 import {
   CTL_STATE,
   CTL_VERSION,
-  ENGINE_CTL_FLAGS,
-  ENGINE_CTL_GENERATION,
-  ENGINE_FLAG_READS_VIA_ENGINE,
   type EngineFastPath,
   VIEW_ACTIVE,
   type ViewDescriptor,
@@ -107,15 +105,7 @@ function staleDescriptor(v: ViewState): boolean {
 
 /** The engine replaced its arrays (resize); the main thread has posted the new ones. */
 function staleEngine(v: ViewState): boolean {
-  return v.engine !== null && Atomics.load(v.engine.control, ENGINE_CTL_GENERATION) !== v.engine.generation;
-}
-
-/** False while the engine routes production reads to itself (online restore) or after it replaced its arrays. */
-export function readsDirect(e: EngineFastPath): boolean {
-  return (
-    (Atomics.load(e.control, ENGINE_CTL_FLAGS) & ENGINE_FLAG_READS_VIA_ENGINE) === 0 &&
-    Atomics.load(e.control, ENGINE_CTL_GENERATION) === e.generation
-  );
+  return v.engine !== null && staleGeneration(v.engine);
 }
 
 const DIR_ATTR_MODE = S_IFDIR | 0o755;
