@@ -164,11 +164,14 @@ describe('clone-method snapshots, hydration, deferred deletion (root: loop devic
       const a = await stageAndPublish(p, src, 'mount');
       const files = await writeFiles(a.targetPath, [3 * MiB, 100]);
       const snap = await createSnapshot(p, 'd-snap', src);
+      // Thin for good (a class with hydrate: "false"): they keep reading the snapshot and the source volume.
       const restored = await createVolume(p, 'd-restored', 'mount', 32 * MiB, {
         volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } },
+        parameters: { hydrate: 'false' },
       });
       const cloned = await createVolume(p, 'd-cloned', 'mount', 32 * MiB, {
         volume_content_source: { volume: { volume_id: src } },
+        parameters: { hydrate: 'false' },
       });
       // A thin clone has no snapshot queue of its own.
       await expect(createSnapshot(p, 'of-thin', restored)).rejects.toMatchObject({ code: 9 });

@@ -15,7 +15,7 @@ async function underLock(d: DriverContext, key: string, fn: () => Promise<boolea
   for (let i = 0; i < MAX_TRIES; i++) {
     if (!d.locks.isHeld(key)) {
       try {
-        if (await d.locks.run('BackgroundJobDone', [key], fn)) return;
+        if (await d.locks.run('BackgroundJobDone', [key], fn, { internal: true })) return;
       } catch (err) {
         if ((err as { code?: string }).code !== 'CSI_ERR_BUSY') throw err;
       }

@@ -159,6 +159,40 @@ describe('OperationLocks', () => {
     await expect(locks.run('D', ['volume/x'], async () => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
     expect(locks.isHeld('volume/x')).toBe(false);
   });
+
+  it('9-11b a call meeting the plugin`s own bookkeeping waits for it instead of failing; the bookkeeping does not wait', async () => {
+    const locks = new OperationLocks();
+    const order: string[] = [];
+    let release!: () => void;
+    const internal = locks.run(
+      'BackgroundJobDone',
+      ['volume/x'],
+      () =>
+        new Promise<void>((r) => {
+          release = () => {
+            order.push('internal done');
+            r();
+          };
+        }),
+      { internal: true },
+    );
+    const stage = locks.run('NodeStageVolume', ['volume/x'], async () => order.push('stage'));
+    await new Promise((r) => setImmediate(r));
+    expect(order).toEqual([]);
+    release();
+    await Promise.all([internal, stage]);
+    expect(order).toEqual(['internal done', 'stage']);
+    // A user operation in flight still makes the bookkeeping fail at once (its caller retries later).
+    let free!: () => void;
+    const user = locks.run('NodeStageVolume', ['volume/x'], () => new Promise<void>((r) => (free = r)));
+    await expect(locks.run('BackgroundJobDone', ['volume/x'], async () => 1, { internal: true })).rejects.toMatchObject(
+      {
+        grpcStatus: 'ABORTED',
+      },
+    );
+    free();
+    await user;
+  });
 });
 
 describe('ids and paths', () => {
