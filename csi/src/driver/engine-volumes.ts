@@ -553,12 +553,14 @@ export class EngineVolumes {
   /** The copy ended: the target alone serves the volume, the RW clone goes (and a retired base with it). */
   private async finishHydration(volumeId: string, h: Hydration): Promise<void> {
     try {
+      // One synchronous step from `hydrating` to `volume`: an attach in between would otherwise see `rw` and
+      // open a view of the RW snapshot deleted below (NOT_FOUND to a NodeStage racing a fast hydration).
       h.view.switchToTarget();
       this.hydrations.delete(volumeId);
+      this.rws.delete(volumeId);
       h.source.release();
       await this.listener('hydrate', volumeId);
       await this.baseOf(h.ref).deleteRw(h.ref.rwId);
-      this.rws.delete(volumeId);
       await this.clearHydrationAttributes(h.target);
       await this.collectRetired(h.ref.store, h.ref.baseId);
       this.log.info({ volumeId }, 'Hydration complete: the volume no longer depends on its source');
